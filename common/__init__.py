@@ -1,0 +1,1 @@
+"""Code shared by every role: wire messages, framing, configuration, zmq set-up."""

@@ -1,0 +1,60 @@
+"""The `ftpcluster` command: one subcommand per role, plus `up` and `hash-password`.
+
+This is the only place that parses the command line; each role's `run(config)` does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ftpcluster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for role in ("broker", "master", "slave"):
+        p = sub.add_parser(role, help=f"run the {role}")
+        p.add_argument("--config", required=True, help="TOML config file")
+    up = sub.add_parser("up", help="run a whole cluster on this machine in the foreground")
+    up.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
+    up.add_argument("--slaves", type=int, default=3, help="number of slaves (default 3)")
+    up.add_argument("--data", default="./var", help="data directory (default ./var)")
+    up.add_argument("--host", default="127.0.0.1", help="FTP listen address (default 127.0.0.1)")
+    hp = sub.add_parser("hash-password", help="print a password hash for a [[users]] entry")
+    hp.add_argument("password", nargs="?", help="the password (read from stdin when omitted)")
+    args = parser.parse_args(argv)
+
+    from common.config import ConfigError
+
+    try:
+        if args.command == "broker":
+            from broker.service import run as run_broker
+            return run_broker(args.config)
+        if args.command == "master":
+            from master.service import run as run_master
+            return run_master(args.config)
+        if args.command == "slave":
+            from slave.service import run as run_slave
+            return run_slave(args.config)
+        if args.command == "up":
+            from common.launcher import run_local_cluster
+            return run_local_cluster(port=args.port, slaves=args.slaves, data=args.data,
+                                     host=args.host)
+        if args.command == "hash-password":
+            from master.users import hash_password
+            password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
+            if not password:
+                print("ftpcluster: empty password", file=sys.stderr)
+                return 2
+            print(hash_password(password))
+            return 0
+    except ConfigError as exc:
+        print(f"ftpcluster: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""TOML configuration for every role, decoded into msgspec Structs.
+
+A bad file stops the program with one line: the file, the key and what was expected
+(ConfigError's message). Unknown keys are errors, so a misspelt key is never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """One line naming the file, the key and the problem."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Config sections reject unknown keys and are immutable once loaded."""
+
+
+class LogSection(_Section):
+    level: LogLevel = "info"
+
+
+# ---------------------------------------------------------------- broker
+
+class BrokerSection(_Section):
+    master_endpoint: str = "tcp://127.0.0.1:5550"
+    """ROUTER the master's DEALER connects to."""
+    slave_endpoint: str = "tcp://127.0.0.1:5551"
+    """ROUTER the slaves' DEALERs connect to."""
+    stats_in_endpoint: str = "tcp://127.0.0.1:5552"
+    """XSUB the slaves' stats PUBs connect to."""
+    stats_out_endpoint: str = "tcp://127.0.0.1:5553"
+    """XPUB stats subscribers (master, `ftpcluster stats`) connect to."""
+    heartbeat_ms: Positive = 1000
+    liveness: Positive = 5
+
+
+class BrokerConfig(_Section):
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+
+
+# ---------------------------------------------------------------- slave
+
+class SlaveSection(_Section):
+    name: Name
+    root: str
+    """Storage directory; the slave never touches a path outside it."""
+    broker_endpoint: str = "tcp://127.0.0.1:5551"
+    stats_endpoint: str = "tcp://127.0.0.1:5552"
+    data_bind: str = "127.0.0.1"
+    """Local address data sockets bind to (passive listeners, active connects)."""
+    data_host: str = ""
+    """Address clients are told in 227 replies; empty means data_bind."""
+    passive_ports: tuple[Port, Port] | None = None
+    """Inclusive port range for passive listeners; None lets the kernel choose."""
+    max_transfers: Positive = 256
+    stats_interval_ms: Positive = 2000
+    fsync: bool = True
+    """fsync every upload before reporting it done: an acknowledged upload survives a crash."""
+    data_timeout: Positive = 300
+    """Seconds a data connection may stall (or a listener wait) before it is dropped."""
+
+
+class SlaveConfig(_Section):
+    slave: SlaveSection
+    log: LogSection = msgspec.field(default_factory=LogSection)
+
+
+# ---------------------------------------------------------------- master
+
+class UserEntry(_Section):
+    name: Name
+    password_hash: str
+    """From `ftpcluster hash-password`; plain-text passwords are refused."""
+    home: str = "/"
+    perms: str = "elr"
+    """pyftpdlib permission letters: e l r a d f m w M T (plus S for SITE admin commands)."""
+
+
+class MasterSection(_Section):
+    listen_host: str = "127.0.0.1"
+    listen_port: Port = 2121
+    broker_endpoint: str = "tcp://127.0.0.1:5550"
+    stats_endpoint: str = "tcp://127.0.0.1:5553"
+    state_dir: str = "./var/master"
+    passive_without_pret: Literal["relay", "refuse"] = "relay"
+    """PASV/EPSV without PRET (or EPSV to a slave not on the master's address)."""
+    passive_ports: tuple[Port, Port] | None = None
+    """Port range of the master's own passive listeners (listings and relay)."""
+    masquerade_address: str = ""
+    max_connections: Positive = 512
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 0
+    idle_timeout: Positive = 300
+    request_timeout: Positive = 10
+    """Seconds to wait for a slave's answer to a command before failing the FTP command."""
+    banner: str = "ftpcluster ready."
+    allow_demo_password_off_loopback: bool = False
+
+
+class MasterConfig(_Section):
+    master: MasterSection = msgspec.field(default_factory=MasterSection)
+    users: list[UserEntry] = msgspec.field(default_factory=list)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+
+
+C = TypeVar("C", BrokerConfig, SlaveConfig, MasterConfig)
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
+_MISSING = re.compile(r"Object missing required field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
+_AT = re.compile(r"^(?P<what>.*?) - at `\$(?P<at>[^`]*)`$")
+
+
+def _dotted(at: str, key: str | None = None) -> str:
+    """`$.master.users[0]` style location -> `master.users[0]`."""
+    path = at.lstrip(".")
+    if key:
+        path = f"{path}.{key}" if path else key
+    return path or "(top level)"
+
+
+def format_validation_error(path: str, message: str) -> str:
+    """Turn a msgspec validation message into 'FILE: key KEY: problem'."""
+    if match := _UNKNOWN.match(message):
+        return f"{path}: key {_dotted(match['at'] or '', match['key'])}: unknown key"
+    if match := _MISSING.match(message):
+        return f"{path}: key {_dotted(match['at'] or '', match['key'])}: required key is missing"
+    if match := _AT.match(message):
+        return f"{path}: key {_dotted(match['at'])}: {match['what'][:1].lower()}{match['what'][1:]}"
+    return f"{path}: {message}"
+
+
+def load(path: str | Path, kind: type[C]) -> C:
+    """Read and validate a TOML config file; raises ConfigError with a one-line message."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return loads(raw.decode("utf-8", errors="replace"), kind, str(path))
+
+
+def loads(text: str, kind: type[C], source: str = "<config>") -> C:
+    """Validate TOML text; raises ConfigError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(format_validation_error(source, str(exc))) from None
+    _check(config, source)
+    return config
+
+
+def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> None:
+    """Cross-field rules that types alone cannot express."""
+    if isinstance(config, SlaveConfig):
+        ports = config.slave.passive_ports
+        if ports is not None and ports[0] > ports[1]:
+            raise ConfigError(f"{source}: key slave.passive_ports: first port is above the last")
+    if isinstance(config, MasterConfig):
+        ports = config.master.passive_ports
+        if ports is not None and ports[0] > ports[1]:
+            raise ConfigError(f"{source}: key master.passive_ports: first port is above the last")
+        seen: set[str] = set()
+        for index, user in enumerate(config.users):
+            if user.name in seen:
+                raise ConfigError(f"{source}: key users[{index}].name: duplicate user {user.name!r}")
+            seen.add(user.name)
+            if not user.password_hash.startswith("scrypt$"):
+                raise ConfigError(
+                    f"{source}: key users[{index}].password_hash: expected a hash from "
+                    "`ftpcluster hash-password`, not a plain-text password")
+            if not user.home.startswith("/"):
+                raise ConfigError(f"{source}: key users[{index}].home: must be an absolute virtual path")
+            bad = set(user.perms) - set("elradfmwMTS")
+            if bad:
+                raise ConfigError(
+                    f"{source}: key users[{index}].perms: unknown permission letters {''.join(sorted(bad))!r}")

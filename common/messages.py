@@ -1,0 +1,304 @@
+"""Every message on the wire, as frozen msgspec Structs in one tagged union per direction.
+
+Links: slave <-> broker (DEALER/ROUTER), master <-> broker (DEALER/ROUTER), and the
+stats feed (slave PUB -> broker XSUB/XPUB -> SUB). Paths on the wire are virtual,
+absolute and already normalised by the master ("/dir/file"); a slave maps them under
+its root. New fields get defaults and go last; field types never change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
+    """Base of every wire message; the tag is the class name."""
+
+
+# ---------------------------------------------------------------- shared
+
+class Heartbeat(Message):
+    """Sent by either side of a link when it has sent nothing else for a while."""
+
+
+class Disconnect(Message):
+    """The receiver is not (or no longer) registered: it must say hello again."""
+
+    reason: str = ""
+
+
+class Bye(Message):
+    """The sender is going away on purpose."""
+
+    reason: str = ""
+
+
+class Welcome(Message):
+    """Broker -> slave or master: registration accepted, with the heartbeat contract."""
+
+    heartbeat_ms: int
+    liveness: int
+
+
+# ---------------------------------------------------------------- master -> slave commands
+
+class Listen(Message):
+    """Open a passive data listener for transfer `xfer_id`, accepting only `allowed_ip`."""
+
+    req_id: int
+    xfer_id: int
+    allowed_ip: str
+
+
+class StartSend(Message):
+    """Send file `path` from `offset` over the data connection (RETR).
+
+    `connect_to` set: active mode, the slave connects to that address.
+    `connect_to` None: use the listener opened by Listen for the same xfer_id.
+    """
+
+    req_id: int
+    xfer_id: int
+    path: str
+    offset: int = 0
+    connect_to: tuple[str, int] | None = None
+
+
+class StartReceive(Message):
+    """Receive file `path` over the data connection (STOR / APPE / REST+STOR).
+
+    offset > 0 truncates the file to `offset` and writes from there; append writes at
+    the end. The CRC32 reported at the end covers the whole file.
+    """
+
+    req_id: int
+    xfer_id: int
+    path: str
+    offset: int = 0
+    append: bool = False
+    connect_to: tuple[str, int] | None = None
+
+
+class Abort(Message):
+    """Stop transfer `xfer_id` (or close its listener); a TransferDone follows if it had started."""
+
+    req_id: int
+    xfer_id: int
+
+
+class DoneAck(Message):
+    """Master has recorded TransferDone `xfer_id`; the slave may forget it."""
+
+    req_id: int = 0
+    xfer_id: int
+
+
+class Delete(Message):
+    """Delete a file or a whole directory tree; a missing path is success."""
+
+    req_id: int
+    path: str
+
+
+class Rename(Message):
+    """Rename a file or directory tree, creating the destination's parents; missing src is success."""
+
+    req_id: int
+    src: str
+    dst: str
+
+
+class MakeDir(Message):
+    req_id: int
+    path: str
+
+
+class RemoveDir(Message):
+    """Remove an empty directory; a missing one is success."""
+
+    req_id: int
+    path: str
+
+
+class Checksum(Message):
+    """CRC32 of a file's bytes [start, end) (end None = to the end)."""
+
+    req_id: int
+    path: str
+    start: int = 0
+    end: int | None = None
+
+
+class InventoryRequest(Message):
+    """Next page of scan `scan` (a new scan id starts a fresh walk of the root)."""
+
+    req_id: int
+    scan: int
+    limit: int = 1000
+
+
+SlaveCommand = Union[
+    Listen, StartSend, StartReceive, Abort, DoneAck, Delete, Rename, MakeDir, RemoveDir,
+    Checksum, InventoryRequest,
+]
+
+
+# ---------------------------------------------------------------- slave -> master replies
+
+class OpResult(Message):
+    """Generic reply to a command: ok, or the error (errno when it came from the OS)."""
+
+    req_id: int
+    ok: bool
+    error: str = ""
+    errno: int = 0
+
+
+class Listening(Message):
+    req_id: int
+    xfer_id: int
+    port: int
+
+
+class Started(Message):
+    """The file is open and the data connection is being set up (master may answer 150)."""
+
+    req_id: int
+    xfer_id: int
+
+
+class TransferDone(Message):
+    """Outcome of a transfer; re-sent by the slave until the master answers DoneAck."""
+
+    xfer_id: int
+    ok: bool
+    bytes: int
+    size: int
+    crc32: int | None = None
+    mtime_ms: int = 0
+    aborted: bool = False
+    error: str = ""
+    errno: int = 0
+
+
+class InventoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    is_dir: bool
+    size: int
+    mtime_ms: int
+
+
+class InventoryPage(Message):
+    req_id: int
+    scan: int
+    entries: list[InventoryEntry]
+    last: bool
+
+
+class ChecksumResult(Message):
+    req_id: int
+    crc32: int
+    size: int
+
+
+SlaveReply = Union[OpResult, Listening, Started, TransferDone, InventoryPage, ChecksumResult]
+
+
+# ---------------------------------------------------------------- slave <-> broker
+
+class Hello(Message):
+    """Slave registration. A new incarnation (one per process start) replaces the old one."""
+
+    name: str
+    incarnation: str
+    proto: int = PROTOCOL_VERSION
+    version: str = ""
+    data_host: str
+    max_transfers: int
+    disk_total: int = 0
+    disk_free: int = 0
+
+
+SlaveToBroker = Union[Hello, Heartbeat, Bye, OpResult, Listening, Started, TransferDone,
+                      InventoryPage, ChecksumResult]
+BrokerToSlave = Union[Welcome, Heartbeat, Disconnect, Listen, StartSend, StartReceive, Abort,
+                      DoneAck, Delete, Rename, MakeDir, RemoveDir, Checksum, InventoryRequest]
+
+
+# ---------------------------------------------------------------- master <-> broker
+
+class MasterHello(Message):
+    incarnation: str
+    proto: int = PROTOCOL_VERSION
+
+
+class ToSlave(Message):
+    """Master -> broker: deliver `cmd` to slave `slave`."""
+
+    slave: str
+    cmd: SlaveCommand
+
+
+class SlaveUp(Message):
+    name: str
+    incarnation: str
+    data_host: str
+    max_transfers: int
+    disk_total: int = 0
+    disk_free: int = 0
+
+
+class SlaveDown(Message):
+    name: str
+    incarnation: str
+    reason: str
+
+
+class FromSlave(Message):
+    """Broker -> master: a reply or event from slave `slave`."""
+
+    slave: str
+    incarnation: str
+    msg: SlaveReply
+
+
+class Undeliverable(Message):
+    """Broker -> master: a ToSlave could not be delivered (slave offline or overloaded)."""
+
+    slave: str
+    req_id: int
+    reason: str
+
+
+MasterToBroker = Union[MasterHello, Heartbeat, Bye, ToSlave]
+BrokerToMaster = Union[Welcome, Heartbeat, Disconnect, SlaveUp, SlaveDown, FromSlave,
+                       Undeliverable]
+
+
+# ---------------------------------------------------------------- stats feed
+
+class SlaveStats(Message):
+    """Whole snapshot published every stats interval on topic b"stats." + name."""
+
+    name: str
+    incarnation: str
+    seq: int
+    ts_ms: int
+    disk_free: int
+    disk_total: int
+    load1: float
+    ncpu: int
+    net_tx_bps: float
+    net_rx_bps: float
+    active_up: int
+    active_down: int
+
+
+StatsMessage = SlaveStats
+
+Direction = Literal["slave_to_broker", "broker_to_slave", "master_to_broker", "broker_to_master",
+                    "stats"]
