@@ -90,7 +90,7 @@ class Abort(Message):
     xfer_id: int
 
 
-class DoneAck(Message):
+class DoneAck(Message, kw_only=True):
     """Master has recorded TransferDone `xfer_id`; the slave may forget it."""
 
     req_id: int = 0
@@ -210,7 +210,7 @@ SlaveReply = Union[OpResult, Listening, Started, TransferDone, InventoryPage, Ch
 
 # ---------------------------------------------------------------- slave <-> broker
 
-class Hello(Message):
+class Hello(Message, kw_only=True):
     """Slave registration. A new incarnation (one per process start) replaces the old one."""
 
     name: str

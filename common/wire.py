@@ -41,7 +41,7 @@ def decode(frames: Sequence[bytes | Any], decoder: msgspec.msgpack.Decoder) -> A
         raise BadFrame(f"bad protocol tag {tag[:16]!r}")
     try:
         return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise BadFrame(str(exc)) from exc
 
 
