@@ -1,0 +1,403 @@
+"""`ftpcluster up`: a whole cluster on this machine, in the foreground, as separate processes.
+
+It writes one TOML config per role under DATA/conf, starts the broker, the master and N
+slaves (`python -m <role> --config FILE`, logs in DATA/log), prints one line with the FTP
+URL once every slave is online, restarts a role that dies unexpectedly after a back-off
+(1 s doubling to 10 s, as systemd would in a real deployment), and on Ctrl-C or SIGTERM
+stops every process it started (SIGTERM, then SIGKILL after 5 s) and exits 0.
+
+The decisions (config text, back-off, reading `SITE SLAVES`, the loopback check) are plain
+functions; `run_local_cluster` is the I/O shell around them.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+ADMIN_PERMS = "elradfmwMTS"
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 10.0
+STABLE_AFTER_S = 30.0
+"""A role that ran this long before dying starts again from the first back-off step."""
+STOP_GRACE_S = 5.0
+POLL_INTERVAL_S = 0.25
+SLOW_START_NOTICE_S = 30.0
+
+
+# ---------------------------------------------------------------- pure decisions
+
+def loopback_refusal(host: str) -> str | None:
+    """Why `host` must not be used with the demo password, or None when it is loopback.
+
+    >>> loopback_refusal("127.0.0.1") is None
+    True
+    >>> loopback_refusal("0.0.0.0") is not None
+    True
+    """
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"refusing to listen on {host}: the demo password {DEMO_USER}/{DEMO_PASSWORD} "
+            "is in use, so `ftpcluster up` only listens on a loopback address (127.0.0.1)")
+
+
+def backoff_delay(previous: float | None) -> float:
+    """Next restart delay: 1 s first, then doubling, at most 10 s."""
+    if previous is None:
+        return BACKOFF_FIRST_S
+    return min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, previous * 2))
+
+
+def online_slaves(reply: str) -> list[str]:
+    """Names of the slaves in state "online" in a `SITE SLAVES` reply.
+
+    The reply is multi-line: "200-..." then one line per slave
+    " <name> <state> free=<bytes> total=<bytes> active=<n>", then "200 ...".
+    """
+    names = []
+    for line in reply.splitlines():
+        if not line.startswith(" "):
+            continue
+        words = line.split()
+        if len(words) >= 2 and words[1].lower() == "online":
+            names.append(words[0])
+    return names
+
+
+def _toml(value: object) -> str:
+    """A TOML literal for a str, bool, int or list/tuple of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def _table(name: str, values: dict[str, object], array: bool = False) -> str:
+    head = f"[[{name}]]" if array else f"[{name}]"
+    return "\n".join([head, *(f"{k} = {_toml(v)}" for k, v in values.items())]) + "\n"
+
+
+@dataclass(frozen=True)
+class BrokerPorts:
+    master: int
+    slave: int
+    stats_in: int
+    stats_out: int
+
+    def endpoint(self, which: str) -> str:
+        return f"tcp://127.0.0.1:{getattr(self, which)}"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str
+    perms: str = ADMIN_PERMS
+    home: str = "/"
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Everything needed to write the configs of one local cluster."""
+
+    data: Path
+    ftp_host: str
+    ftp_port: int
+    slaves: int
+    ports: BrokerPorts
+    users: tuple[User, ...]
+    log_level: str = "info"
+    master_extra: dict[str, object] = field(default_factory=dict)
+    slave_extra: dict[str, object] = field(default_factory=dict)
+
+    def slave_names(self) -> list[str]:
+        return [f"slave{i}" for i in range(1, self.slaves + 1)]
+
+    def slave_root(self, name: str) -> Path:
+        return self.data / name
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.data / "conf"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data / "log"
+
+    @property
+    def master_state_dir(self) -> Path:
+        return self.data / "master"
+
+    def config_path(self, role: str) -> Path:
+        return self.conf_dir / f"{role}.toml"
+
+    def roles(self) -> list[tuple[str, str]]:
+        """(process name, module) in start order: broker, master, slaves."""
+        return [("broker", "broker"), ("master", "master"),
+                *((name, "slave") for name in self.slave_names())]
+
+
+def render_configs(plan: ClusterPlan) -> dict[str, str]:
+    """TOML text for every role of `plan`, keyed by process name ("broker", "master", "slaveN")."""
+    p = plan.ports
+    log = _table("log", {"level": plan.log_level})
+    out = {
+        "broker": _table("broker", {
+            "master_endpoint": p.endpoint("master"),
+            "slave_endpoint": p.endpoint("slave"),
+            "stats_in_endpoint": p.endpoint("stats_in"),
+            "stats_out_endpoint": p.endpoint("stats_out"),
+        }) + "\n" + log,
+    }
+    master = {
+        "listen_host": plan.ftp_host,
+        "listen_port": plan.ftp_port,
+        "broker_endpoint": p.endpoint("master"),
+        "stats_endpoint": p.endpoint("stats_out"),
+        "state_dir": str(plan.master_state_dir),
+        **plan.master_extra,
+    }
+    users = "\n".join(_table("users", {"name": u.name, "password_hash": u.password_hash,
+                                       "home": u.home, "perms": u.perms}, array=True)
+                      for u in plan.users)
+    out["master"] = _table("master", master) + "\n" + log + ("\n" + users if users else "")
+    for name in plan.slave_names():
+        slave = {
+            "name": name,
+            "root": str(plan.slave_root(name)),
+            "broker_endpoint": p.endpoint("slave"),
+            "stats_endpoint": p.endpoint("stats_in"),
+            "data_bind": "127.0.0.1",
+            **plan.slave_extra,
+        }
+        out[name] = _table("slave", slave) + "\n" + log
+    return out
+
+
+# ---------------------------------------------------------------- small I/O helpers
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports that were free on `host` a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def write_configs(plan: ClusterPlan) -> dict[str, Path]:
+    """Write every role's config (and create the data directories); returns the paths."""
+    plan.conf_dir.mkdir(parents=True, exist_ok=True)
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    plan.master_state_dir.mkdir(parents=True, exist_ok=True)
+    for name in plan.slave_names():
+        plan.slave_root(name).mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role, text in render_configs(plan).items():
+        path = plan.config_path(role)
+        path.write_text(text)
+        paths[role] = path
+    return paths
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if the launcher itself is killed outright."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def spawn_role(module: str, config: Path, log: IO[bytes], *, new_group: bool = True) -> subprocess.Popen:
+    """Start `python -m module --config config` with stdout and stderr going to `log`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--config", str(config)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=new_group,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def query_online(host: str, port: int, user: str, password: str, timeout: float = 2.0) -> list[str] | None:
+    """Slaves online according to the master (None when it cannot be asked yet)."""
+    try:
+        with ftplib.FTP(timeout=timeout) as ftp:
+            ftp.connect(host, port)
+            ftp.login(user, password)
+            return online_slaves(ftp.sendcmd("SITE SLAVES"))
+    except (OSError, EOFError, ftplib.Error):
+        return None
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM every live process, wait up to `grace` seconds, then SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- the supervisor
+
+@dataclass
+class _Role:
+    name: str
+    module: str
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    delay: float | None = None
+    restart_at: float | None = None
+
+
+def _say(text: str) -> None:
+    print(f"ftpcluster: {text}", flush=True)
+
+
+def run_local_cluster(port: int = 2121, slaves: int = 3, data: str = "./var",
+                      host: str = "127.0.0.1") -> int:
+    """Run broker, master and `slaves` slaves until Ctrl-C or SIGTERM; returns the exit code."""
+    refusal = loopback_refusal(host)
+    if refusal:
+        print(f"ftpcluster: {refusal}", file=sys.stderr)
+        return 2
+    if not 1 <= slaves <= 64:
+        print(f"ftpcluster: --slaves must be between 1 and 64, not {slaves}", file=sys.stderr)
+        return 2
+    if not 1 <= port <= 65535:
+        print(f"ftpcluster: --port must be between 1 and 65535, not {port}", file=sys.stderr)
+        return 2
+    if port_in_use(host, port):
+        print(f"ftpcluster: {host}:{port} is already in use (choose another with --port)",
+              file=sys.stderr)
+        return 1
+
+    from master.users import hash_password
+
+    data_dir = Path(data).resolve()
+    b = free_ports(4)
+    plan = ClusterPlan(data=data_dir, ftp_host=host, ftp_port=port, slaves=slaves,
+                       ports=BrokerPorts(master=b[0], slave=b[1], stats_in=b[2], stats_out=b[3]),
+                       users=(User(DEMO_USER, hash_password(DEMO_PASSWORD)),))
+    paths = write_configs(plan)
+    roles = [_Role(name, module, paths[name], plan.log_dir / f"{name}.log")
+             for name, module in plan.roles()]
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def start(role: _Role) -> None:
+        with open(role.log_path, "ab") as log:
+            role.proc = spawn_role(role.module, role.config, log)
+        role.started_at = time.monotonic()
+        role.restart_at = None
+
+    try:
+        for role in roles:
+            start(role)
+        up = False
+        began = time.monotonic()
+        noticed_slow = False
+        next_poll = 0.0
+        while not stopping:
+            now = time.monotonic()
+            for role in roles:
+                if role.proc is not None and role.restart_at is None:
+                    code = role.proc.poll()
+                    if code is not None:
+                        if now - role.started_at >= STABLE_AFTER_S:
+                            role.delay = None
+                        role.delay = backoff_delay(role.delay)
+                        role.restart_at = now + role.delay
+                        _say(f"{role.name} exited unexpectedly ({_describe_exit(code)}); "
+                             f"restarting it in {role.delay:g} s (log: {role.log_path})")
+                elif role.restart_at is not None and now >= role.restart_at:
+                    start(role)
+                    _say(f"{role.name} restarted (pid {role.proc.pid})")
+            if not up and now >= next_poll:
+                next_poll = now + 0.5
+                online = query_online(host, port, DEMO_USER, DEMO_PASSWORD)
+                if online is not None and len(online) >= slaves:
+                    up = True
+                    _say(f"ftp://{DEMO_USER}:{DEMO_PASSWORD}@{_url_host(host)}:{port}/ "
+                         f"is up with {slaves} slaves")
+                elif not noticed_slow and now - began > SLOW_START_NOTICE_S:
+                    noticed_slow = True
+                    _say(f"still waiting for {slaves} slaves to come online "
+                         f"({len(online or [])} so far); logs are in {plan.log_dir}")
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        stop_processes([r.proc for r in roles if r.proc is not None])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

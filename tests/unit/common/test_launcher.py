@@ -1,0 +1,106 @@
+"""`ftpcluster up`'s decisions: configs, back-off, readiness parsing, the loopback check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common import config, launcher
+from common.launcher import BrokerPorts, ClusterPlan, User
+
+FAKE_HASH = "scrypt$16384$8$1$c2FsdA$aGFzaA"
+
+
+def plan(tmp: Path, slaves: int = 3, **kw) -> ClusterPlan:
+    return ClusterPlan(data=tmp, ftp_host="127.0.0.1", ftp_port=2121, slaves=slaves,
+                       ports=BrokerPorts(master=6001, slave=6002, stats_in=6003, stats_out=6004),
+                       users=(User("demo", FAKE_HASH),), **kw)
+
+
+def test_configs_load_and_link_up(tmp_path):
+    texts = launcher.render_configs(plan(tmp_path))
+    assert sorted(texts) == ["broker", "master", "slave1", "slave2", "slave3"]
+    broker = config.loads(texts["broker"], config.BrokerConfig).broker
+    master = config.loads(texts["master"], config.MasterConfig)
+    slaves = [config.loads(texts[f"slave{i}"], config.SlaveConfig).slave for i in (1, 2, 3)]
+
+    assert master.master.broker_endpoint == broker.master_endpoint == "tcp://127.0.0.1:6001"
+    assert master.master.stats_endpoint == broker.stats_out_endpoint == "tcp://127.0.0.1:6004"
+    assert master.master.listen_host == "127.0.0.1" and master.master.listen_port == 2121
+    assert master.master.state_dir == str(tmp_path / "master")
+    assert [(u.name, u.password_hash, u.perms, u.home) for u in master.users] == [
+        ("demo", FAKE_HASH, "elradfmwMTS", "/")]
+    for i, slave in enumerate(slaves, 1):
+        assert slave.name == f"slave{i}"
+        assert slave.root == str(tmp_path / f"slave{i}")
+        assert slave.broker_endpoint == broker.slave_endpoint
+        assert slave.stats_endpoint == broker.stats_in_endpoint
+        assert slave.data_bind == "127.0.0.1"
+
+
+def test_extra_settings_and_awkward_paths_survive_toml(tmp_path):
+    odd = tmp_path / 'dir with "quotes" \\ and ünïcode'
+    texts = launcher.render_configs(plan(odd, slaves=1, master_extra={"request_timeout": 3},
+                                         slave_extra={"fsync": False}, log_level="debug"))
+    master = config.loads(texts["master"], config.MasterConfig)
+    slave = config.loads(texts["slave1"], config.SlaveConfig)
+    assert master.master.request_timeout == 3 and master.log.level == "debug"
+    assert slave.slave.fsync is False
+    assert slave.slave.root == str(odd / "slave1")
+
+
+def test_roles_start_broker_then_master_then_slaves(tmp_path):
+    assert plan(tmp_path, slaves=2).roles() == [
+        ("broker", "broker"), ("master", "master"), ("slave1", "slave"), ("slave2", "slave")]
+
+
+def test_write_configs_creates_the_tree(tmp_path):
+    p = plan(tmp_path, slaves=2)
+    paths = launcher.write_configs(p)
+    assert paths["slave2"] == tmp_path / "conf" / "slave2.toml"
+    for name in ("broker", "master", "slave1", "slave2"):
+        assert paths[name].is_file()
+    for d in ("log", "master", "slave1", "slave2"):
+        assert (tmp_path / d).is_dir()
+    config.load(paths["master"], config.MasterConfig)
+
+
+def test_backoff_starts_at_one_second_doubles_and_caps_at_ten():
+    delays, d = [], None
+    for _ in range(7):
+        d = launcher.backoff_delay(d)
+        delays.append(d)
+    assert delays == [1, 2, 4, 8, 10, 10, 10]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.5", "::1", "localhost"])
+def test_loopback_hosts_are_allowed(host):
+    assert launcher.loopback_refusal(host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
+def test_other_hosts_are_refused_while_the_demo_password_is_in_use(host):
+    reason = launcher.loopback_refusal(host)
+    assert reason and host in reason and "demo" in reason
+
+
+def test_run_refuses_a_public_host_with_one_line_and_exit_2(capsys):
+    assert launcher.run_local_cluster(port=2121, slaves=1, data="unused", host="0.0.0.0") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "0.0.0.0" in err
+
+
+def test_online_slaves_reads_the_site_slaves_reply():
+    reply = ("200-3 slaves\n"
+             " slave1 online free=100 total=200 active=0\n"
+             " slave2 merging free=100 total=200 active=0\n"
+             " slave3 ONLINE free=1 total=2 active=4\n"
+             "200 end")
+    assert launcher.online_slaves(reply) == ["slave1", "slave3"]
+    assert launcher.online_slaves("200 no slaves") == []
+
+
+def test_free_ports_are_distinct():
+    ports = launcher.free_ports(4)
+    assert len(set(ports)) == 4 and all(0 < p < 65536 for p in ports)
