@@ -1,0 +1,350 @@
+"""A real cluster for integration tests: broker, master and N slaves as separate processes.
+
+`Cluster` writes the configs (with `common.launcher.render_configs`, free ports, data under
+tmp_path), starts every role as `python -m <role> --config FILE` with its output in
+tmp_path/.../log/<role>.log, waits for readiness by polling (the 220 banner, then
+`SITE SLAVES` showing every slave online) with a deadline, and always tears everything
+down (SIGTERM, then SIGKILL). The tail of every role's log is attached to a failing test's
+report. Transfer helpers drive Python's ftplib in the three data modes:
+
+- "active": PORT, the slave connects to the client;
+- "pret": PRET then PASV, the client connects to the slave;
+- "relay": plain PASV, the master carries the bytes.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from common import launcher
+from common.launcher import BrokerPorts, ClusterPlan, User
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin-secret"
+READY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+CONTROL_TIMEOUT_S = 30.0
+CHUNK = 1 << 20
+
+_HASHES: dict[str, str] = {}
+_ACTIVE: list["Cluster"] = []
+
+
+def password_hash(password: str) -> str:
+    if password not in _HASHES:
+        from master.users import hash_password
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll `predicate` until it returns something truthy; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RoleProcess:
+    """One role: a config file, a log file, and the current process (restartable)."""
+
+    def __init__(self, name: str, module: str, config: Path, log: Path) -> None:
+        self.name, self.module, self.config, self.log = name, module, config, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        assert not self.alive(), f"{self.name} is already running"
+        with open(self.log, "ab") as log:
+            log.write(f"----- start {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
+            log.flush()
+            self.proc = launcher.spawn_role(self.module, self.config, log, new_group=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+class Cluster:
+    """Broker, master and `slaves` slaves on free ports under `base` (see the module doc)."""
+
+    def __init__(self, base: Path, slaves: int = 2, *, master_extra: dict | None = None,
+                 slave_extra: dict | None = None, log_level: str = "info") -> None:
+        bp = launcher.free_ports(4)
+        self.ftp_port = launcher.free_ports(1)[0]
+        self.plan = ClusterPlan(
+            data=base, ftp_host="127.0.0.1", ftp_port=self.ftp_port, slaves=slaves,
+            ports=BrokerPorts(master=bp[0], slave=bp[1], stats_in=bp[2], stats_out=bp[3]),
+            users=(User(ADMIN_USER, password_hash(ADMIN_PASSWORD)),),
+            log_level=log_level, master_extra=master_extra or {}, slave_extra=slave_extra or {})
+        paths = launcher.write_configs(self.plan)
+        self.roles = {name: RoleProcess(name, module, paths[name], self.plan.log_dir / f"{name}.log")
+                      for name, module in self.plan.roles()}
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def slave_names(self) -> list[str]:
+        return self.plan.slave_names()
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> "Cluster":
+        _ACTIVE.append(self)
+        for role in self.roles.values():
+            role.start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """The master answers with a 220 banner and every slave is online."""
+        deadline = time.monotonic() + timeout
+        self.wait_banner(deadline - time.monotonic())
+        self.wait_online(self.slave_names, max(0.1, deadline - time.monotonic()))
+
+    def _check_alive(self) -> None:
+        dead = [r for r in self.roles.values() if r.proc is not None and not r.alive()]
+        if dead:
+            raise AssertionError("role process exited: " + ", ".join(
+                f"{r.name} (code {r.proc.returncode})" for r in dead) + "\n" + self.logs())
+
+    def wait_banner(self, timeout: float) -> None:
+        def banner() -> bool:
+            self._check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.ftp_port), timeout=2) as s:
+                    return s.makefile("rb").readline().startswith(b"220")
+            except OSError:
+                return False
+        try:
+            wait_for(banner, timeout, "the master's 220 banner")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def online(self) -> list[str]:
+        """Slaves the master reports online (SITE SLAVES)."""
+        with self.ftp() as ftp:
+            return launcher.online_slaves(ftp.sendcmd("SITE SLAVES"))
+
+    def wait_online(self, names: list[str], timeout: float, exact: bool = False) -> None:
+        """Every slave in `names` is online (and, with exact, no other)."""
+        last: list[str] = []
+
+        def check() -> bool:
+            nonlocal last
+            self._check_alive()
+            try:
+                last = self.online()
+            except (OSError, EOFError, ftplib.Error):
+                return False
+            return set(names) <= set(last) and (not exact or set(last) == set(names))
+        try:
+            wait_for(check, timeout, f"slaves {names} online", interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (last SITE SLAVES online: {last})\n{self.logs()}") from None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
+        """Send `sig` to a role and wait until its process has exited."""
+        role = self.roles[name]
+        role.signal(sig)
+        return role.wait(timeout)
+
+    def restart(self, name: str) -> None:
+        """Start a role again (after kill) with the same config and ports."""
+        self.roles[name].start()
+
+    def pids(self) -> dict[str, int]:
+        return {name: r.pid for name, r in self.roles.items() if r.alive()}
+
+    def close(self) -> None:
+        """SIGTERM every role, SIGKILL what is left after STOP_GRACE_S. Always safe to call."""
+        launcher.stop_processes([r.proc for r in self.roles.values() if r.proc is not None],
+                                grace=STOP_GRACE_S)
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    # ------------------------------------------------------------ inspection
+
+    def slave_root(self, name: str) -> Path:
+        return self.plan.slave_root(name)
+
+    @property
+    def master_state_dir(self) -> Path:
+        return self.plan.master_state_dir
+
+    def holders(self, vpath: str) -> list[str]:
+        """Slaves that have the file `vpath` on their disk."""
+        rel = vpath.lstrip("/")
+        return [n for n in self.slave_names if (self.slave_root(n) / rel).is_file()]
+
+    def relayed_bytes(self) -> int:
+        """The master's SITE STATUS relayed_bytes counter."""
+        with self.ftp() as ftp:
+            reply = ftp.sendcmd("SITE STATUS")
+        match = re.search(r"relayed_bytes\s*[=:]?\s*(\d+)", reply)
+        assert match, f"no relayed_bytes in SITE STATUS reply: {reply!r}"
+        return int(match.group(1))
+
+    def logs(self, lines: int = 60) -> str:
+        return "\n".join(f"===== {name} ({r.log})\n{r.tail(lines)}" for name, r in self.roles.items())
+
+    # ------------------------------------------------------------ clients
+
+    def ftp(self, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD,
+            timeout: float = CONTROL_TIMEOUT_S) -> ftplib.FTP:
+        """A logged-in ftplib client that trusts the 227 address (needed for PRET+PASV)."""
+        ftp = ftplib.FTP(timeout=timeout)
+        ftp.trust_server_pasv_ipv4_address = True
+        ftp.connect("127.0.0.1", self.ftp_port)
+        try:
+            ftp.login(user, password)
+        except BaseException:
+            ftp.close()
+            raise
+        return ftp
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{self.ftp_port}"
+
+
+# ---------------------------------------------------------------- transfer helpers
+
+MODES = ("active", "pret", "relay")
+
+
+def open_data(ftp: ftplib.FTP, cmd: str, mode: str, rest: int | None = None) -> socket.socket:
+    """Open the data connection for `cmd` ("RETR x", "STOR x", "APPE x") in `mode`."""
+    if mode == "active":
+        ftp.set_pasv(False)
+    elif mode == "pret":
+        ftp.set_pasv(True)
+        ftp.sendcmd(f"PRET {cmd}")
+    elif mode == "relay":
+        ftp.set_pasv(True)
+    else:
+        raise ValueError(mode)
+    return ftp.transfercmd(cmd, rest)
+
+
+def upload(ftp: ftplib.FTP, path: str, source: Path | bytes, mode: str, *, cmd: str = "STOR",
+           rest: int | None = None, offset: int = 0) -> str:
+    """Send `source` (from byte `offset`) with `cmd`; returns the final reply (226)."""
+    with open_data(ftp, f"{cmd} {path}", mode, rest) as conn:
+        if isinstance(source, bytes):
+            conn.sendall(source[offset:])
+        else:
+            with open(source, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(CHUNK):
+                    conn.sendall(chunk)
+    return ftp.voidresp()
+
+
+def download(ftp: ftplib.FTP, path: str, mode: str, rest: int | None = None,
+             sink: Path | None = None) -> bytes | tuple[int, str]:
+    """RETR `path`: the bytes, or with `sink` (length, sha256) after writing them there."""
+    digest, parts, size = hashlib.sha256(), [], 0
+    out = open(sink, "wb") if sink else None
+    try:
+        with open_data(ftp, f"RETR {path}", mode, rest) as conn:
+            while chunk := conn.recv(CHUNK):
+                size += len(chunk)
+                if out:
+                    out.write(chunk)
+                    digest.update(chunk)
+                else:
+                    parts.append(chunk)
+        ftp.voidresp()
+    finally:
+        if out:
+            out.close()
+    return (size, digest.hexdigest()) if sink else b"".join(parts)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, CHUNK)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Make clusters (not started: call .start()) that are always torn down after the test."""
+    made: list[Cluster] = []
+
+    def make(slaves: int = 2, **kw) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", slaves, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One running cluster with 2 slaves, shared by the tests of a module that do not disturb it."""
+    c = Cluster(tmp_path_factory.mktemp("cluster"), slaves=2)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _ACTIVE:
+        for c in _ACTIVE:
+            report.sections.append((f"cluster logs ({c.plan.data})", c.logs()))
