@@ -1,6 +1,15 @@
 """What the master knows about its slaves: state, incarnation, address, stats, load.
 
 Pure: the I/O layer feeds it broker events and stats with `now` and asks it questions.
+
+Load figures given to placement (`SlaveLoad`):
+- disk free: the last stats' disk_free if they are at most STATS_FRESH_S old, else the
+  SlaveUp figure; minus `reserved_bytes` (uploads dispatched since those stats), never below 0.
+- active transfers: max(stats active_up + active_down, dispatched) with fresh stats, else
+  `dispatched`. Both count the same transfers seen from two sides: the stats lag behind what
+  the master just dispatched, and the master does not know transfers it lost track of (a
+  restart); the larger figure is the safe one.
+- load per CPU: stats load1 / ncpu with fresh stats, else 0.
 """
 
 from __future__ import annotations
@@ -36,6 +45,22 @@ class SlaveInfo:
     reserved_bytes: int = 0
     """Bytes of uploads dispatched since the last stats (reconciled by the next stats)."""
     merge_generation: int = 0
+    merged: bool = False
+    """This incarnation's inventory merge has finished (survives going offline and back)."""
+
+    def load(self, now: float) -> SlaveLoad:
+        """This slave's figures for placement (rules in the module docstring)."""
+        stats = self.stats
+        fresh = stats is not None and now - self.stats_at <= STATS_FRESH_S
+        if stats is not None and fresh:
+            disk_free = stats.disk_free
+            active = max(stats.active_up + stats.active_down, self.dispatched)
+            load_per_cpu = stats.load1 / max(1, stats.ncpu)
+        else:
+            disk_free, active, load_per_cpu = self.disk_free, self.dispatched, 0.0
+        return SlaveLoad(name=self.name, disk_free=max(0, disk_free - self.reserved_bytes),
+                         active_transfers=active, max_transfers=self.max_transfers,
+                         load_per_cpu=load_per_cpu)
 
 
 @dataclass(slots=True)
@@ -45,38 +70,107 @@ class SlaveRegistry:
     def on_up(self, msg: SlaveUp, now: float) -> tuple[SlaveInfo, bool]:
         """Record a SlaveUp. Returns the info and whether it is a new incarnation (restart or
         first sight: its inventory must be merged; state becomes MERGING) as opposed to the
-        same incarnation re-registering after a broker restart (state kept)."""
-        raise NotImplementedError
+        same incarnation re-registering after a broker restart (state kept).
+
+        Precisely, the flag means "start a merge now":
+        - unknown name or another incarnation: a fresh SlaveInfo (counters and stats of the old
+          process forgotten), MERGING, True;
+        - same incarnation while OFFLINE (broker restart): back to ONLINE, False, if its merge
+          had finished; else MERGING again, True (the interrupted merge restarts);
+        - same incarnation while MERGING or ONLINE (a repeated announcement): state kept, False.
+        Address, slot count and disk figures are refreshed in every case.
+        """
+        info = self.slaves.get(msg.name)
+        if info is None or info.incarnation != msg.incarnation:
+            info = SlaveInfo(name=msg.name, state=SlaveState.MERGING, incarnation=msg.incarnation,
+                             data_host=msg.data_host, max_transfers=msg.max_transfers,
+                             disk_total=msg.disk_total, disk_free=msg.disk_free)
+            self.slaves[msg.name] = info
+            return info, True
+        info.data_host = msg.data_host
+        info.max_transfers = msg.max_transfers
+        info.disk_total = msg.disk_total
+        info.disk_free = msg.disk_free
+        if info.state is not SlaveState.OFFLINE:
+            return info, False
+        if info.merged:
+            info.state = SlaveState.ONLINE
+            return info, False
+        info.state = SlaveState.MERGING
+        return info, True
 
     def on_down(self, name: str, incarnation: str) -> SlaveInfo | None:
-        """Mark offline if `incarnation` is the current one; returns the info if it changed."""
-        raise NotImplementedError
+        """Mark offline if `incarnation` is the current one; returns the info if it changed.
+
+        Counters are kept: data connections run slave-to-client and may outlive the broker
+        link; the I/O layer reports their end with `transfer_finished`.
+        """
+        info = self.slaves.get(name)
+        if info is None or info.incarnation != incarnation or info.state is SlaveState.OFFLINE:
+            return None
+        info.state = SlaveState.OFFLINE
+        return info
 
     def all_offline(self) -> list[str]:
         """Broker lost: mark every slave offline; returns the names that were not offline."""
-        raise NotImplementedError
+        changed = []
+        for name, info in sorted(self.slaves.items()):
+            if info.state is not SlaveState.OFFLINE:
+                info.state = SlaveState.OFFLINE
+                changed.append(name)
+        return changed
 
     def mark_online(self, name: str) -> None:
-        """Merge finished: the slave serves downloads."""
-        raise NotImplementedError
+        """Merge finished: the slave serves downloads.
+
+        A slave that went offline meanwhile stays offline (but its merge counts as done for
+        this incarnation); an unknown name is ignored.
+        """
+        info = self.slaves.get(name)
+        if info is None:
+            return
+        info.merged = True
+        if info.state is SlaveState.MERGING:
+            info.state = SlaveState.ONLINE
 
     def on_stats(self, stats: SlaveStats, now: float) -> None:
-        """Keep the latest stats of a known slave (same incarnation); reset reserved_bytes."""
-        raise NotImplementedError
+        """Keep the latest stats of a known slave (same incarnation); reset reserved_bytes.
+
+        Stats of an unknown slave or another incarnation, and stats with a sequence number
+        not above the kept one (reordered or repeated), are ignored.
+        """
+        info = self.slaves.get(stats.name)
+        if info is None or info.incarnation != stats.incarnation:
+            return
+        if info.stats is not None and stats.seq <= info.stats.seq:
+            return
+        info.stats = stats
+        info.stats_at = now
+        info.reserved_bytes = 0
 
     def transfer_started(self, name: str, reserve_bytes: int = 0) -> None:
-        raise NotImplementedError
+        """Count a transfer dispatched to `name` (and reserve upload space); unknown: ignored."""
+        info = self.slaves.get(name)
+        if info is not None:
+            info.dispatched += 1
+            info.reserved_bytes += max(0, reserve_bytes)
 
     def transfer_finished(self, name: str) -> None:
-        raise NotImplementedError
+        """A dispatched transfer ended; never goes below 0 (a new incarnation resets the count)."""
+        info = self.slaves.get(name)
+        if info is not None and info.dispatched > 0:
+            info.dispatched -= 1
 
     def is_online(self, name: str) -> bool:
-        raise NotImplementedError
+        info = self.slaves.get(name)
+        return info is not None and info.state is SlaveState.ONLINE
 
     def upload_candidates(self, now: float) -> list[SlaveLoad]:
         """Online slaves (stats may be missing right after joining: then use Hello's disk figures)."""
-        raise NotImplementedError
+        return [info.load(now) for _, info in sorted(self.slaves.items())
+                if info.state is SlaveState.ONLINE]
 
     def download_candidates(self, holders: frozenset[str], now: float) -> list[SlaveLoad]:
         """Online holders only."""
-        raise NotImplementedError
+        return [info.load(now) for name, info in sorted(self.slaves.items())
+                if name in holders and info.state is SlaveState.ONLINE]

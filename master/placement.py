@@ -27,9 +27,21 @@ def choose_upload_slave(candidates: list[SlaveLoad], size_hint: int = 0,
     """Slave for a STOR: enough free space (size_hint + min_free) and a free transfer slot;
     slaves in `prefer` (current holders of an overwritten file) first, then fewest active
     transfers, then most free space, then name. None when no slave qualifies."""
-    raise NotImplementedError
+    need = max(0, size_hint) + min_free
+    eligible = [c for c in candidates
+                if c.disk_free >= need and c.active_transfers < c.max_transfers]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda c: (c.name not in prefer, c.active_transfers, -c.disk_free, c.name))
+    return best.name
 
 
 def choose_download_slave(holders: list[SlaveLoad]) -> str | None:
-    """Least busy online holder with a free transfer slot (ties: lower load, then name)."""
-    raise NotImplementedError
+    """Least busy online holder with a free transfer slot (ties: lower load, then name).
+
+    "Least busy" is the fewest active transfers; `load_per_cpu` only breaks ties.
+    """
+    eligible = [h for h in holders if h.active_transfers < h.max_transfers]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda h: (h.active_transfers, h.load_per_cpu, h.name)).name

@@ -2,26 +2,190 @@
 
 Passwords are never stored in plain text: `ftpcluster hash-password` prints the
 `scrypt$N$r$p$salt$hash` string that goes in the config.
+
+The authorizer never looks at the master's disk: homes and the paths pyftpdlib asks about
+(the result of our AbstractedFS.ftp2fs) are virtual paths. Permission letters are
+pyftpdlib's "elradfmwMT" plus our own "S" (SITE admin commands).
+
+Cost: one scrypt check takes about 40 ms of CPU, run on the master's single IOLoop thread.
+A successful login is remembered as an HMAC of the password under a per-process random key,
+so a user logging in again with the same password is checked in microseconds; a wrong
+password always pays the full scrypt cost.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import posixpath
+from typing import Any
+
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.exceptions import AuthenticationFailed
 
 from common.config import UserEntry
 
+SCRYPT_N = 2 ** 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+KEY_BYTES = 32
+PERM_LETTERS = "elradfmwMTS"
+ADMIN_PERM = "S"
+_MAX_N = 2 ** 20
+"""Largest scrypt N accepted from a config (1 GiB of memory at r=8)."""
+
 
 def hash_password(password: str) -> str:
-    raise NotImplementedError
+    """`scrypt$16384$8$1$<salt b64>$<hash b64>` with a fresh random 16-byte salt."""
+    salt = os.urandom(SALT_BYTES)
+    key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                         dklen=KEY_BYTES)
+    return "$".join(("scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P),
+                     base64.b64encode(salt).decode("ascii"), base64.b64encode(key).decode("ascii")))
+
+
+def _parse(encoded: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """(n, r, p, salt, key) of a well-formed hash with sane parameters, else None."""
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return None
+    try:
+        n, r, p = (int(x, 10) for x in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        key = base64.b64decode(parts[5], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            and 128 * n * r <= 128 * _MAX_N * 8 and salt and 16 <= len(key) <= 64):
+        return None
+    return n, r, p, salt, key
 
 
 def verify_password(password: str, encoded: str) -> bool:
     """Constant-time check; False (never an exception) for a malformed hash."""
-    raise NotImplementedError
+    parsed = _parse(encoded)
+    if parsed is None:
+        return False
+    n, r, p, salt, key = parsed
+    try:
+        candidate = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r,
+                                   p=p, dklen=len(key), maxmem=2 * 128 * n * r * p + (1 << 20))
+    except (ValueError, MemoryError, UnicodeEncodeError):
+        return False
+    return hmac.compare_digest(candidate, key)
+
+
+def _virtual(path: str) -> str:
+    """Normalised absolute virtual path (no disk access); "" for a path with NUL."""
+    if "\x00" in path:
+        return ""
+    return posixpath.normpath("/" + path).replace("//", "/")
+
+
+def _within(path: str, home: str) -> bool:
+    return home == "/" or path == home or path.startswith(home + "/")
 
 
 class ClusterAuthorizer(DummyAuthorizer):
     """pyftpdlib authorizer over virtual paths: never looks at the master's own disk."""
 
     def __init__(self, users: list[UserEntry]) -> None:
-        raise NotImplementedError
+        """Raises ValueError for a duplicate user, an unknown permission letter, a relative
+        home or a password hash that is not a well-formed scrypt hash."""
+        super().__init__()
+        self._login_key = os.urandom(32)
+        self._remembered: dict[str, bytes] = {}
+        for user in users:
+            self.add_user(user.name, user.password_hash, user.home, user.perms)
+
+    # -- users
+    def add_user(self, username: str, password: str, homedir: str, perm: str = "elr",
+                 msg_login: str = "Login successful.", msg_quit: str = "Goodbye.") -> None:
+        """Add a user. `password` is a hash from `hash_password` (never plain text) and
+        `homedir` a virtual path; raises ValueError."""
+        if self.has_user(username):
+            raise ValueError(f"user {username!r} already exists")
+        if _parse(password) is None:
+            raise ValueError(f"user {username!r}: password is not a scrypt hash from "
+                             "`ftpcluster hash-password`")
+        if not homedir.startswith("/") or not _virtual(homedir):
+            raise ValueError(f"user {username!r}: home {homedir!r} is not an absolute virtual path")
+        bad = sorted(set(perm) - set(PERM_LETTERS))
+        if bad:
+            raise ValueError(f"user {username!r}: no such permission {''.join(bad)!r}")
+        self.user_table[username] = {
+            "pwd": password, "home": _virtual(homedir), "perm": perm, "operms": {},
+            "msg_login": str(msg_login), "msg_quit": str(msg_quit),
+        }
+
+    def add_anonymous(self, homedir: str, **kwargs: Any) -> None:
+        raise NotImplementedError("anonymous access is not supported; configure a [[users]] entry")
+
+    def override_perm(self, username: str, directory: str, perm: str, recursive: bool = False) -> None:
+        raise NotImplementedError("per-directory permissions are not supported")
+
+    def remove_user(self, username: str) -> None:
+        super().remove_user(username)
+        self._remembered.pop(username, None)
+
+    # -- authentication
+    def _fingerprint(self, username: str, password: str) -> bytes:
+        data = f"{username}\x00{password}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._login_key, data, hashlib.sha256).digest()
+
+    def validate_authentication(self, username: str, password: str, handler: object) -> None:
+        """Raises AuthenticationFailed for an unknown user or a wrong password.
+
+        An unknown user costs a full scrypt check too, so timing does not reveal which
+        names exist.
+        """
+        user = self.user_table.get(username)
+        if user is None:
+            verify_password(password, _DUMMY_HASH)
+            raise AuthenticationFailed("Authentication failed.")
+        fingerprint = self._fingerprint(username, password)
+        remembered = self._remembered.get(username)
+        if remembered is not None and hmac.compare_digest(remembered, fingerprint):
+            return
+        if not verify_password(password, user["pwd"]):
+            raise AuthenticationFailed("Authentication failed.")
+        self._remembered[username] = fingerprint
+
+    # -- questions pyftpdlib and the SITE commands ask
+    def get_home_dir(self, username: str) -> str:
+        """The user's virtual home directory."""
+        return str(self.user_table[username]["home"])
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        """Whether `username` has permission letter `perm` (one of "elradfmwMTS").
+
+        With `path` (a virtual path, as returned by our ftp2fs), also False when the path is
+        outside the user's home. An unknown user has no permission.
+        """
+        user = self.user_table.get(username)
+        if user is None or len(perm) != 1 or perm not in user["perm"]:
+            return False
+        if path is None:
+            return True
+        virtual = _virtual(path)
+        return bool(virtual) and _within(virtual, user["home"])
+
+    def is_admin(self, username: str) -> bool:
+        """Whether the user may run SITE admin commands (permission letter "S")."""
+        return self.has_perm(username, ADMIN_PERM)
+
+    def get_msg_login(self, username: str) -> str:
+        return str(self.user_table[username]["msg_login"])
+
+    def get_msg_quit(self, username: str) -> str:
+        user = self.user_table.get(username)
+        return str(user["msg_quit"]) if user is not None else "Goodbye."
+
+
+_DUMMY_HASH = "scrypt$16384$8$1$" + base64.b64encode(b"\x00" * SALT_BYTES).decode() + "$" + \
+    base64.b64encode(b"\x00" * KEY_BYTES).decode()
+"""Checked against for unknown users (never matches a real login: no user has this name)."""

@@ -4,15 +4,75 @@ Owns names, types, sizes, mtimes, owners, groups, CRC32s and which slaves hold e
 file. Knows nothing of FTP, sockets or zmq. Every mutating method commits before it
 returns, so a change the caller acknowledges to a client is already durable.
 Paths are virtual, absolute and normalised ("/", "/a", "/a/b"); see `normalize`.
+
+Storage: one row per file or directory in `entries` (a parent pointer plus a name, so
+renaming a directory touches one row), one row per (file, slave) in `replicas`, and a
+merge generation per slave in `slave_gens`. WAL with synchronous=NORMAL: a committed
+change survives a crash of the master process (not necessarily a power cut of the host).
+One connection, used from one thread; invariant: every file has at least one replica.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import sqlite3
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from common.messages import InventoryEntry
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 255
+ROOT_ID = 1
+ADOPTED_OWNER = "ftpcluster"
+"""Owner and group of files and directories learnt from a slave's inventory."""
+LISTDIR_BATCH = 512
+"""Rows fetched per query while streaming a directory listing."""
+DIR_CACHE_SIZE = 16384
+"""Directory path -> row id entries kept in memory."""
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(
+    id INTEGER PRIMARY KEY,
+    parent INTEGER REFERENCES entries(id),
+    name TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime REAL NOT NULL,
+    owner TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    crc32 INTEGER,
+    UNIQUE(parent, name)
+);
+CREATE TABLE IF NOT EXISTS replicas(
+    entry INTEGER NOT NULL REFERENCES entries(id),
+    slave TEXT NOT NULL,
+    gen INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(entry, slave)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS replicas_by_slave ON replicas(slave, gen);
+CREATE TABLE IF NOT EXISTS slave_gens(
+    slave TEXT PRIMARY KEY,
+    gen INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Columns of every entry query, in the order `_entry` reads them.
+_COLS = ("e.id, e.is_dir, e.size, e.mtime, e.owner, e.grp, e.crc32, "
+         "(SELECT group_concat(r.slave, '/') FROM replicas r WHERE r.entry = e.id)")
+
+_SUBTREE = """
+WITH RECURSIVE t(id, is_dir) AS (
+    SELECT id, is_dir FROM entries WHERE id = ?
+    UNION ALL
+    SELECT e.id, e.is_dir FROM entries e JOIN t ON e.parent = t.id WHERE t.is_dir
+)
+"""
 
 
 class VfsError(OSError):
@@ -52,14 +112,56 @@ class MergeStats:
     """Same path, different size than the other holders: not merged (logged)."""
     dropped: int
     """Files this slave no longer has: it lost the file (and files with no holder left are removed)."""
+    updated: int = 0
+    """Known files whose only holder is this slave, with another size: size and mtime taken
+    from the slave, CRC32 forgotten (not counted in `confirmed`)."""
 
 
 def normalize(path: str, cwd: str = "/") -> str:
     """Absolute, normalised virtual path; `..` never climbs above "/".
 
-    Raises VfsError(EINVAL) for a path containing NUL or a component longer than 255 bytes.
+    Raises VfsError(EINVAL) for a path containing NUL or a component longer than 255 bytes,
+    and for a component that is not encodable as UTF-8 (a lone surrogate).
+
+    >>> normalize("b/../c//d/", "/a")
+    '/a/c/d'
     """
-    raise NotImplementedError
+    if "\x00" in path or "\x00" in cwd:
+        raise vfs_error(errno.EINVAL, path.replace("\x00", "\\0"))
+    if not path.startswith("/"):
+        path = f"{cwd}/{path}"
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        try:
+            size = len(part.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise vfs_error(errno.EINVAL, path.encode("utf-8", "backslashreplace").decode()) from None
+        if size > MAX_NAME_BYTES:
+            raise vfs_error(errno.EINVAL, path)
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _split(path: str) -> tuple[str, str]:
+    """"/a/b" -> ("/a", "b"); "/a" -> ("/", "a")."""
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
+
+
+def _join(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+def _entry(path: str, row: tuple) -> Entry:
+    _id, is_dir, size, mtime, owner, grp, crc32, slaves = row
+    return Entry(path=path, is_dir=bool(is_dir), size=size, mtime=mtime, owner=owner, group=grp,
+                 crc32=crc32, slaves=frozenset(slaves.split("/")) if slaves else frozenset())
 
 
 class VirtualFS:
@@ -67,47 +169,258 @@ class VirtualFS:
 
     def __init__(self, db_path: str) -> None:
         """Open (creating if needed) the database; ":memory:" for tests. The root "/" always exists."""
-        raise NotImplementedError
+        # isolation_level=None: no implicit transactions; `_tx` issues BEGIN/COMMIT itself.
+        self._db = sqlite3.connect(db_path, isolation_level=None)
+        self._dirs: OrderedDict[str, int] = OrderedDict()
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("PRAGMA cache_size=-32768")
+        with self._tx():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RuntimeError(f"{db_path}: unknown metadata schema version {version}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("INSERT OR IGNORE INTO entries(id, parent, name, is_dir, size, mtime, owner, grp)"
+                       " VALUES (?, NULL, '', 1, 0, 0, ?, ?)", (ROOT_ID, ADOPTED_OWNER, ADOPTED_OWNER))
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS picked(id INTEGER PRIMARY KEY)")
 
     def close(self) -> None:
-        raise NotImplementedError
+        self._dirs.clear()
+        self._db.close()
 
-    # -- queries
+    # ------------------------------------------------------------ internals
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back (and the directory cache dropped) on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._dirs.clear()  # it may hold ids of rows the rollback removed
+            raise
+        self._db.execute("COMMIT")
+
+    def _cache(self, path: str, entry_id: int) -> None:
+        self._dirs[path] = entry_id
+        if len(self._dirs) > DIR_CACHE_SIZE:
+            self._dirs.popitem(last=False)
+
+    def _forget(self, path: str) -> None:
+        """Drop cached directory `path` and everything below it (after a rename or removal)."""
+        prefix = path + "/"
+        for key in [k for k in self._dirs if k == path or k.startswith(prefix)]:
+            del self._dirs[key]
+
+    def _child(self, parent_id: int, name: str) -> tuple | None:
+        return self._db.execute(f"SELECT {_COLS} FROM entries e WHERE e.parent = ? AND e.name = ?",
+                                (parent_id, name)).fetchone()
+
+    def _dir_id(self, path: str) -> int:
+        """Row id of directory `path`. Raises ENOENT, ENOTDIR (path or an ancestor is a file)."""
+        if path == "/":
+            return ROOT_ID
+        cached = self._dirs.get(path)
+        if cached is not None:
+            self._dirs.move_to_end(path)
+            return cached
+        # Walk up to the nearest cached ancestor, then down one component at a time.
+        parts = path[1:].split("/")
+        depth, current = 0, ROOT_ID
+        for i in range(len(parts) - 1, 0, -1):
+            cached = self._dirs.get("/" + "/".join(parts[:i]))
+            if cached is not None:
+                depth, current = i, cached
+                break
+        for i in range(depth, len(parts)):
+            row = self._db.execute("SELECT id, is_dir FROM entries WHERE parent = ? AND name = ?",
+                                   (current, parts[i])).fetchone()
+            if row is None:
+                raise vfs_error(errno.ENOENT, path)
+            if not row[1]:
+                raise vfs_error(errno.ENOTDIR, path)
+            current = row[0]
+            self._cache("/" + "/".join(parts[: i + 1]), current)
+        return current
+
+    def _row(self, path: str) -> tuple | None:
+        """The entry row of `path`, or None. Raises ENOTDIR when an ancestor is a file."""
+        if path == "/":
+            return self._db.execute(f"SELECT {_COLS} FROM entries e WHERE e.id = ?", (ROOT_ID,)).fetchone()
+        parent, name = _split(path)
+        try:
+            parent_id = self._dir_id(parent)
+        except VfsError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return self._child(parent_id, name)
+
+    def _existing(self, path: str) -> tuple:
+        row = self._row(path)
+        if row is None:
+            raise vfs_error(errno.ENOENT, path)
+        return row
+
+    def _holders(self, entry_id: int) -> set[str]:
+        return {s for (s,) in self._db.execute("SELECT slave FROM replicas WHERE entry = ?", (entry_id,))}
+
+    def _gen(self, slave: str) -> int:
+        row = self._db.execute("SELECT gen FROM slave_gens WHERE slave = ?", (slave,)).fetchone()
+        return row[0] if row else 0
+
+    def _delete_subtree(self, entry_id: int) -> set[str]:
+        """Delete `entry_id` and everything below it; returns the slaves that held any file."""
+        db = self._db
+        db.execute("DELETE FROM temp.picked")
+        db.execute(_SUBTREE + "INSERT INTO temp.picked SELECT id FROM t", (entry_id,))
+        slaves = {s for (s,) in db.execute(
+            "SELECT DISTINCT slave FROM replicas WHERE entry IN (SELECT id FROM temp.picked)")}
+        db.execute("DELETE FROM replicas WHERE entry IN (SELECT id FROM temp.picked)")
+        db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM temp.picked)")
+        db.execute("DELETE FROM temp.picked")
+        return slaves
+
+    # ------------------------------------------------------------ queries
     def lookup(self, path: str) -> Entry | None:
-        raise NotImplementedError
+        """The entry at `path`, or None (also when an ancestor is a file)."""
+        path = normalize(path)
+        try:
+            row = self._row(path)
+        except VfsError:
+            return None
+        return None if row is None else _entry(path, row)
 
     def listdir(self, path: str) -> Iterator[Entry]:
-        """Entries of a directory, sorted by name. Raises VfsError ENOENT / ENOTDIR."""
-        raise NotImplementedError
+        """Entries of a directory, sorted by name. Raises VfsError ENOENT / ENOTDIR.
+
+        Errors are raised by the call itself; the iterator then streams in batches of
+        LISTDIR_BATCH rows, each a fresh keyset query (name > last name seen), so no
+        statement stays open between items: the tree may change while a listing is being
+        sent, and the listing then shows names after its position as they are now.
+        """
+        path = normalize(path)
+        dir_id = self._dir_id(path)
+        return self._stream(path, dir_id)
+
+    def _stream(self, path: str, dir_id: int) -> Iterator[Entry]:
+        query = (f"SELECT e.name, {_COLS} FROM entries e WHERE e.parent = ? AND e.name > ? "
+                 f"ORDER BY e.name LIMIT {LISTDIR_BATCH}")
+        last = ""
+        while True:
+            rows = self._db.execute(query, (dir_id, last)).fetchall()
+            for row in rows:
+                yield _entry(_join(path, row[0]), row[1:])
+            if len(rows) < LISTDIR_BATCH:
+                return
+            last = rows[-1][0]
 
     def slaves_under(self, path: str) -> set[str]:
-        """Every slave holding the file `path`, or any file below directory `path`."""
-        raise NotImplementedError
+        """Every slave holding the file `path`, or any file below directory `path`.
 
-    # -- mutations (each commits before returning)
+        An empty set for a path that does not exist.
+        """
+        path = normalize(path)
+        try:
+            row = self._row(path)
+        except VfsError:
+            return set()
+        if row is None:
+            return set()
+        if not row[1]:
+            return self._holders(row[0])
+        return {s for (s,) in self._db.execute(
+            _SUBTREE + "SELECT DISTINCT r.slave FROM replicas r JOIN t ON r.entry = t.id", (row[0],))}
+
+    # ------------------------------------------------------------ mutations
     def mkdir(self, path: str, owner: str, group: str, mtime: float) -> Entry:
         """Raises EEXIST, ENOENT (no parent), ENOTDIR (parent is a file)."""
-        raise NotImplementedError
+        path = normalize(path)
+        if path == "/":
+            raise vfs_error(errno.EEXIST, path)
+        parent, name = _split(path)
+        with self._tx() as db:
+            parent_id = self._dir_id(parent)
+            if self._child(parent_id, name) is not None:
+                raise vfs_error(errno.EEXIST, path)
+            cur = db.execute("INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
+                             " VALUES (?, ?, 1, 0, ?, ?, ?)", (parent_id, name, mtime, owner, group))
+            self._cache(path, cur.lastrowid)
+        return Entry(path, True, 0, mtime, owner, group, None, frozenset())
 
     def rmdir(self, path: str) -> None:
         """Raises ENOENT, ENOTDIR, ENOTEMPTY, EINVAL for "/"."""
-        raise NotImplementedError
+        path = normalize(path)
+        if path == "/":
+            raise vfs_error(errno.EINVAL, path)
+        with self._tx() as db:
+            row = self._existing(path)
+            if not row[1]:
+                raise vfs_error(errno.ENOTDIR, path)
+            if db.execute("SELECT 1 FROM entries WHERE parent = ? LIMIT 1", (row[0],)).fetchone():
+                raise vfs_error(errno.ENOTEMPTY, path)
+            db.execute("DELETE FROM entries WHERE id = ?", (row[0],))
+        self._forget(path)
 
     def remove(self, path: str) -> Entry:
         """Remove a file; returns what was removed (its slaves must delete it). Raises ENOENT, EISDIR."""
-        raise NotImplementedError
+        path = normalize(path)
+        with self._tx() as db:
+            row = self._existing(path)
+            if row[1]:
+                raise vfs_error(errno.EISDIR, path)
+            db.execute("DELETE FROM replicas WHERE entry = ?", (row[0],))
+            db.execute("DELETE FROM entries WHERE id = ?", (row[0],))
+        return _entry(path, row)
 
     def remove_tree(self, path: str) -> set[str]:
-        """Remove a directory and everything under it; returns the slaves that held any file."""
-        raise NotImplementedError
+        """Remove a directory and everything under it; returns the slaves that held any file.
+
+        Raises ENOENT, ENOTDIR (path is a file: use `remove`), EINVAL for "/".
+        """
+        path = normalize(path)
+        if path == "/":
+            raise vfs_error(errno.EINVAL, path)
+        with self._tx():
+            row = self._existing(path)
+            if not row[1]:
+                raise vfs_error(errno.ENOTDIR, path)
+            slaves = self._delete_subtree(row[0])
+        self._forget(path)
+        return slaves
 
     def rename(self, src: str, dst: str) -> set[str]:
         """Rename a file or a whole directory tree; returns the slaves holding anything under src.
 
         Raises ENOENT (src or dst's parent missing), EEXIST (dst exists), EINVAL (dst inside src
-        or src is "/").
+        or src is "/"). Also ENOTDIR when dst's parent is a file. One row changes whatever the
+        size of the tree.
         """
-        raise NotImplementedError
+        src, dst = normalize(src), normalize(dst)
+        if src == "/":
+            raise vfs_error(errno.EINVAL, src)
+        parent, name = _split(dst)
+        with self._tx() as db:
+            row = self._existing(src)
+            if dst.startswith(src + "/"):
+                raise vfs_error(errno.EINVAL, dst)
+            if dst == "/":
+                raise vfs_error(errno.EEXIST, dst)
+            parent_id = self._dir_id(parent)
+            if self._child(parent_id, name) is not None:
+                raise vfs_error(errno.EEXIST, dst)
+            slaves = self.slaves_under(src)
+            db.execute("UPDATE entries SET parent = ?, name = ? WHERE id = ?", (parent_id, name, row[0]))
+        if row[1]:
+            self._forget(src)
+        return slaves
 
     def record_upload(self, path: str, slave: str, size: int, crc32: int | None, mtime: float,
                       owner: str, group: str) -> tuple[Entry, set[str]]:
@@ -115,28 +428,204 @@ class VirtualFS:
 
         Returns the new entry and the other slaves that held the old content (now stale: the
         caller tells them to delete it). Raises ENOENT (no parent dir), EISDIR (path is a dir).
+        Also ENOTDIR when the parent is a file.
         """
-        raise NotImplementedError
+        path = normalize(path)
+        if path == "/":
+            raise vfs_error(errno.EISDIR, path)
+        parent, name = _split(path)
+        with self._tx() as db:
+            parent_id = self._dir_id(parent)
+            row = self._child(parent_id, name)
+            stale: set[str] = set()
+            if row is None:
+                entry_id = db.execute(
+                    "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp, crc32)"
+                    " VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                    (parent_id, name, size, mtime, owner, group, crc32)).lastrowid
+            elif row[1]:
+                raise vfs_error(errno.EISDIR, path)
+            else:
+                entry_id = row[0]
+                stale = self._holders(entry_id) - {slave}
+                db.execute("UPDATE entries SET size = ?, mtime = ?, owner = ?, grp = ?, crc32 = ?"
+                           " WHERE id = ?", (size, mtime, owner, group, crc32, entry_id))
+                db.execute("DELETE FROM replicas WHERE entry = ?", (entry_id,))
+            # The slave's current merge generation: a merge running now must not drop this file.
+            db.execute("INSERT INTO replicas(entry, slave, gen) VALUES (?, ?, ?)",
+                       (entry_id, slave, self._gen(slave)))
+        return Entry(path, False, size, mtime, owner, group, crc32, frozenset((slave,))), stale
 
     def set_mtime(self, path: str, mtime: float) -> None:
-        raise NotImplementedError
+        """Raises ENOENT."""
+        path = normalize(path)
+        with self._tx() as db:
+            row = self._existing(path)
+            db.execute("UPDATE entries SET mtime = ? WHERE id = ?", (mtime, row[0]))
 
     def drop_slave(self, path: str, slave: str) -> None:
-        """`slave` no longer holds file `path` (a file with no holder left is removed)."""
-        raise NotImplementedError
+        """`slave` no longer holds file `path` (a file with no holder left is removed).
 
-    # -- inventory merge (a slave joined)
+        A missing path or a directory is ignored.
+        """
+        path = normalize(path)
+        with self._tx() as db:
+            try:
+                row = self._row(path)
+            except VfsError:
+                return
+            if row is None or row[1]:
+                return
+            db.execute("DELETE FROM replicas WHERE entry = ? AND slave = ?", (row[0], slave))
+            if not self._holders(row[0]):
+                db.execute("DELETE FROM entries WHERE id = ?", (row[0],))
+
+    # ------------------------------------------------------------ inventory merge (a slave joined)
     def begin_merge(self, slave: str) -> int:
-        """Start merging `slave`'s inventory; returns a merge generation for this slave."""
-        raise NotImplementedError
+        """Start merging `slave`'s inventory; returns a merge generation for this slave.
+
+        A new generation supersedes any merge of the same slave still running: pages and the
+        finish of an older generation are then ignored.
+        """
+        with self._tx() as db:
+            db.execute("INSERT INTO slave_gens(slave, gen) VALUES (?, 1)"
+                       " ON CONFLICT(slave) DO UPDATE SET gen = gen + 1", (slave,))
+            return self._gen(slave)
+
+    def current_generation(self, slave: str) -> int:
+        """The latest generation `begin_merge` returned for `slave` (0 if never merged)."""
+        return self._gen(slave)
 
     def merge_page(self, slave: str, generation: int, entries: Iterable[InventoryEntry]) -> MergeStats:
         """Merge one page: directories are created as needed; unknown files are adopted
         (owner/group "ftpcluster", crc32 None); a known file with equal size gains `slave`; a
-        different size is a conflict, counted and left alone."""
-        raise NotImplementedError
+        different size is a conflict, counted and left alone.
+
+        A different size where `slave` is the file's only holder is taken as the new content
+        (`updated`). A directory where the tree has a file, or the reverse, or an invalid path,
+        is a conflict. A page of a superseded generation changes nothing.
+        """
+        if generation != self._gen(slave):
+            log.warning("merge %s: page of generation %d ignored (current %d)",
+                        slave, generation, self._gen(slave))
+            return MergeStats(0, 0, 0, 0)
+        counts = {"adopted": 0, "confirmed": 0, "conflicts": 0, "updated": 0}
+        with self._tx():
+            for item in entries:
+                outcome = self._merge_one(slave, generation, item)
+                if outcome:
+                    counts[outcome] += 1
+        return MergeStats(counts["adopted"], counts["confirmed"], counts["conflicts"], 0,
+                          counts["updated"])
+
+    def _merge_one(self, slave: str, gen: int, item: InventoryEntry) -> str | None:
+        """Merge one inventory entry; returns the MergeStats counter to bump, if any."""
+        db = self._db
+        mtime = item.mtime_ms / 1000.0
+        try:
+            path = normalize(item.path)
+        except VfsError:
+            log.warning("merge %s: invalid path %r: conflict", slave, item.path)
+            return "conflicts"
+        if path == "/":
+            if item.is_dir:
+                return None
+            log.warning("merge %s: a file at the root path: conflict", slave)
+            return "conflicts"
+        parent, name = _split(path)
+        try:
+            parent_id = self._makedirs(parent, mtime)
+        except VfsError:
+            log.warning("merge %s: %s: a parent is a file here: conflict", slave, path)
+            return "conflicts"
+        row = self._child(parent_id, name)
+        if row is not None and bool(row[1]) != item.is_dir:
+            log.warning("merge %s: %s is a %s on the slave and a %s here: conflict", slave, path,
+                        "directory" if item.is_dir else "file", "directory" if row[1] else "file")
+            return "conflicts"
+        if item.is_dir:
+            if row is None:
+                entry_id = db.execute(
+                    "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
+                    " VALUES (?, ?, 1, 0, ?, ?, ?)",
+                    (parent_id, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
+                self._cache(path, entry_id)
+            return None
+        upsert = ("INSERT INTO replicas(entry, slave, gen) VALUES (?, ?, ?)"
+                  " ON CONFLICT(entry, slave) DO UPDATE SET gen = excluded.gen")
+        if row is None:
+            entry_id = db.execute(
+                "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp, crc32)"
+                " VALUES (?, ?, 0, ?, ?, ?, ?, NULL)",
+                (parent_id, name, item.size, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
+            db.execute(upsert, (entry_id, slave, gen))
+            return "adopted"
+        entry_id, size = row[0], row[2]
+        if item.size == size:
+            db.execute(upsert, (entry_id, slave, gen))
+            return "confirmed"
+        others = self._holders(entry_id) - {slave}
+        if not others:
+            db.execute("UPDATE entries SET size = ?, mtime = ?, crc32 = NULL WHERE id = ?",
+                       (item.size, mtime, entry_id))
+            db.execute(upsert, (entry_id, slave, gen))
+            return "updated"
+        log.warning("merge %s: %s has %d bytes there, %d bytes on %s: conflict, not merged",
+                    slave, path, item.size, size, ",".join(sorted(others)))
+        return "conflicts"
+
+    def _makedirs(self, path: str, mtime: float) -> int:
+        """Id of directory `path`, creating missing ones (adopted). Raises ENOTDIR.
+
+        Iterative: an inventory may hold trees deeper than Python's recursion limit.
+        """
+        try:
+            return self._dir_id(path)
+        except VfsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        current, walked = ROOT_ID, ""
+        for name in path[1:].split("/"):
+            walked = f"{walked}/{name}"
+            cached = self._dirs.get(walked)
+            if cached is not None:
+                current = cached
+                continue
+            row = self._db.execute("SELECT id, is_dir FROM entries WHERE parent = ? AND name = ?",
+                                   (current, name)).fetchone()
+            if row is None:
+                current = self._db.execute(
+                    "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
+                    " VALUES (?, ?, 1, 0, ?, ?, ?)",
+                    (current, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
+            elif not row[1]:
+                raise vfs_error(errno.ENOTDIR, walked)
+            else:
+                current = row[0]
+            self._cache(walked, current)
+        return current
 
     def finish_merge(self, slave: str, generation: int) -> MergeStats:
         """Files `slave` held that were not seen in this merge lose it; files left with no
-        holder are removed. Returns counts (only `dropped` is non-zero)."""
-        raise NotImplementedError
+        holder are removed. Returns counts (only `dropped` is non-zero).
+
+        A superseded generation changes nothing.
+        """
+        if generation != self._gen(slave):
+            log.warning("merge %s: finish of generation %d ignored (current %d)",
+                        slave, generation, self._gen(slave))
+            return MergeStats(0, 0, 0, 0)
+        with self._tx() as db:
+            db.execute("DELETE FROM temp.picked")
+            db.execute("INSERT INTO temp.picked SELECT entry FROM replicas WHERE slave = ? AND gen < ?",
+                       (slave, generation))
+            dropped = db.execute("DELETE FROM replicas WHERE slave = ? AND gen < ?",
+                                 (slave, generation)).rowcount
+            removed = db.execute(
+                "DELETE FROM entries WHERE id IN (SELECT id FROM temp.picked) AND is_dir = 0"
+                " AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.entry = entries.id)").rowcount
+            db.execute("DELETE FROM temp.picked")
+        if dropped:
+            log.info("merge %s: %d files no longer on the slave, %d removed (no holder left)",
+                     slave, dropped, removed)
+        return MergeStats(0, 0, 0, dropped)
