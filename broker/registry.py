@@ -107,6 +107,10 @@ class Registry:
         """Handle one decoded message that arrived on the slave ROUTER."""
         out: list[Send] = []
         if isinstance(msg, m.Hello):
+            if msg.proto != m.PROTOCOL_VERSION:
+                out.append(Send("slave", routing_id, m.Disconnect(
+                    reason=f"protocol {msg.proto} unsupported, broker speaks {m.PROTOCOL_VERSION}")))
+                return out
             self._hello(routing_id, msg, now, out)
             return out
         record = self.slave_by_routing_id(routing_id)
@@ -159,6 +163,10 @@ class Registry:
     def from_master(self, routing_id: bytes, msg: m.Message, now: float) -> list[Send]:
         """Handle one decoded message that arrived on the master ROUTER."""
         out: list[Send] = []
+        if isinstance(msg, m.MasterHello) and msg.proto != m.PROTOCOL_VERSION:
+            out.append(Send("master", routing_id, m.Disconnect(
+                reason=f"protocol {msg.proto} unsupported, broker speaks {m.PROTOCOL_VERSION}")))
+            return out
         if isinstance(msg, m.MasterHello):
             # A new routing id (reconnect, restarted master) replaces the old one.
             self.master = MasterRecord(routing_id=routing_id, incarnation=msg.incarnation,

@@ -72,6 +72,8 @@ def bound_xpub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = ctx.socket(zmq.XPUB)
     _common(sock)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+    # Subscribers may send arbitrary frames upstream; stats are small.
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.bind(endpoint)
     return sock
 

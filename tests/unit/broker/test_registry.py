@@ -219,3 +219,13 @@ def test_routing_id_reused_for_another_name(reg: Registry) -> None:
     assert isinstance(to_master(sends)[0], m.SlaveDown)
     assert set(reg.slaves) == {"s9"}
     assert reg.slave_by_routing_id(S1) is reg.slaves["s9"]
+
+
+def test_hello_with_another_protocol_version_is_refused() -> None:
+    reg = Registry()
+    hello = m.Hello(name="s1", incarnation="i1", proto=m.PROTOCOL_VERSION + 1, data_host="127.0.0.1",
+                    max_transfers=10)
+    out = reg.from_slave(b"r1", hello, 0.0)
+    assert [type(s.msg) for s in out] == [m.Disconnect]
+    assert "protocol" in out[0].msg.reason
+    assert "s1" not in reg.slaves
