@@ -1,0 +1,360 @@
+"""The slave's I/O shell: the zmq links to the broker and the one main loop.
+
+Owns: the DEALER to the broker and the stats PUB (only this thread touches them),
+registration (Hello / Welcome / Disconnect / silence), heartbeats, command dispatch, the
+unacknowledged TransferDones (re-sent every few seconds until DoneAck), open inventory
+scans, the stats timer, and the SIGTERM shutdown (abort transfers, Bye, exit 0).
+
+Workers (transfers, checksums) hand their results back through the Outbox, whose wake-up
+socket the same zmq.Poller watches; nothing here blocks on the network or on big files.
+Metadata commands (Delete, Rename, ...) run inline so that they stay ordered with the
+transfers that follow them.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import signal
+import time
+import uuid
+from collections import OrderedDict
+from importlib import metadata
+from types import FrameType
+from typing import Callable, Iterator, assert_never
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from common import config as cfgmod
+from common import log as logmod
+from common import messages as m
+from common import wire, zmqsock
+from slave.outbox import JobPool, Outbox, checksum_job
+from slave.stats import StatsSampler
+from slave.storage import Storage
+from slave.transfers import Kind, TransferManager
+
+log = logging.getLogger(__name__)
+
+HELLO_RETRY_S = 2.0
+"""Re-send Hello this often until a Welcome arrives."""
+HELLO_RETRY_UNSENT_S = 0.25
+"""...or this often while it cannot even be queued (no connection to the broker)."""
+RESEND_DONE_S = 3.0
+MAX_OPEN_SCANS = 4
+MAX_PAGE_ENTRIES = 5000
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+"""Inventory pages stay well under the broker's MAXMSGSIZE (4 MiB)."""
+SHUTDOWN_WAIT_S = 5.0
+BYE_LINGER_MS = 1000
+TICK_S = 0.25
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ftpcluster")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+class SlaveService:
+    def __init__(self, config: cfgmod.SlaveConfig) -> None:
+        self.cfg = config.slave
+        self.incarnation = uuid.uuid4().hex
+        self.data_host = self.cfg.data_host or self.cfg.data_bind
+        self.storage = Storage(self.cfg.root)
+        self.outbox = Outbox()
+        self.jobs = JobPool(self.outbox)
+        self.transfers = TransferManager(self.storage, self.cfg, self.outbox)
+        self.stats = StatsSampler(self.cfg.name, self.incarnation, str(self.storage.root))
+        self.ctx = zmqsock.new_context()
+        self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint)
+        self.pub = zmqsock.connected_pub(self.ctx, self.cfg.stats_endpoint)
+        # The monitor tells us when the DEALER (re)connects: a restarted broker gets our
+        # Hello at once instead of after the 5 s silence.
+        self.monitor = self.dealer.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.lost_connection = False
+        self.hello_queued = False
+        self.poller = zmq.Poller()
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.poller.register(self.outbox.fileno(), zmq.POLLIN)
+        now = time.monotonic()
+        # registration state
+        self.welcomed = False
+        self.heartbeat_s = 1.0
+        self.liveness = 5
+        self.last_recv = now
+        self.last_send = now
+        self.hello_due = now
+        # timers
+        self.resend_due = now + RESEND_DONE_S
+        self.stats_due = now
+        self.unacked: dict[int, m.TransferDone] = {}
+        self.scans: OrderedDict[int, Iterator[m.InventoryEntry]] = OrderedDict()
+        self.stopping = False
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, msg: m.Message) -> bool:
+        """NOBLOCK send to the broker; False if it could not be queued."""
+        try:
+            self.dealer.send_multipart(wire.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("broker unreachable, dropped %s", type(msg).__name__)
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("send %s failed: %s", type(msg).__name__, exc)
+            return False
+        self.last_send = time.monotonic()
+        return True
+
+    def send_hello(self) -> bool:
+        free, total = self.stats.disk()
+        return self.send(m.Hello(
+            name=self.cfg.name, incarnation=self.incarnation, version=_version(),
+            data_host=self.data_host, max_transfers=self.cfg.max_transfers,
+            disk_total=total, disk_free=free))
+
+    def error(self, req_id: int, exc: OSError) -> None:
+        self.send(m.OpResult(req_id=req_id, ok=False, error=exc.strerror or str(exc),
+                             errno=exc.errno or 0))
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        removed = self.storage.clean_temp()
+        if removed:
+            log.info("removed %d leftover upload temp files", removed)
+        log.info("slave %s (incarnation %s) root %s, data %s, broker %s", self.cfg.name,
+                 self.incarnation, self.storage.root, self.data_host, self.cfg.broker_endpoint)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self.stopping:
+                timeout_ms = max(0, int(self._next_timer() * 1000))
+                ready = dict(self.poller.poll(timeout_ms))
+                zmqsock.drain(self.dealer, self.on_frames)
+                if self.monitor in ready:
+                    self.on_monitor()
+                if self.outbox.fileno() in ready:
+                    for result in self.outbox.drain():
+                        self.on_result(result)
+                self.on_timers(time.monotonic())
+            self.shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self.outbox.wake()
+
+    def _next_timer(self) -> float:
+        now = time.monotonic()
+        due = [self.stats_due, now + TICK_S]
+        if self.welcomed:
+            due += [self.last_send + self.heartbeat_s, self.resend_due,
+                    self.last_recv + self.heartbeat_s * self.liveness]
+        else:
+            due.append(self.hello_due)
+        return max(0.0, min(due) - now)
+
+    def on_timers(self, now: float) -> None:
+        if self.welcomed and now - self.last_recv > self.heartbeat_s * self.liveness:
+            log.warning("broker silent for %.1f s; saying hello again", now - self.last_recv)
+            self.welcomed = False
+            self.hello_due = now
+        if not self.welcomed and now >= self.hello_due:
+            sent = self.hello_queued = self.send_hello()
+            self.hello_due = now + (HELLO_RETRY_S if sent else HELLO_RETRY_UNSENT_S)
+        if self.welcomed and now - self.last_send >= self.heartbeat_s:
+            self.send(m.Heartbeat())
+        if now >= self.resend_due:
+            self.resend_due = now + RESEND_DONE_S
+            if self.welcomed:
+                self.resend_unacked()
+        if now >= self.stats_due:
+            self.stats_due = now + self.cfg.stats_interval_ms / 1000
+            self.publish_stats()
+        for xfer_id in self.transfers.expire_listeners(now):
+            log.info("xfer %d: passive listener expired unused", xfer_id)
+
+    def resend_unacked(self) -> None:
+        for done in list(self.unacked.values()):
+            self.send(done)
+
+    def publish_stats(self) -> None:
+        stats = self.stats.sample(self.transfers.active(Kind.RECEIVE),
+                                  self.transfers.active(Kind.SEND))
+        try:
+            self.pub.send_multipart(wire.encode_stats(stats), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("stats not published: %s", exc)
+
+    # ------------------------------------------------------------ input
+
+    def on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = wire.decode(frames, wire.BROKER_TO_SLAVE)
+        except wire.BadFrame as exc:
+            log.warning("dropped a bad frame from the broker: %s", exc)
+            return
+        self.last_recv = time.monotonic()
+        try:
+            self.on_message(msg)
+        except Exception:  # one bad command must not kill the slave
+            log.exception("handling %s failed", type(msg).__name__)
+
+    def on_monitor(self) -> None:
+        """Say Hello on a reconnect (or a first connect our Hello could not use)."""
+        reconnected = False
+        while self.monitor.poll(0):
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.lost_connection = True
+            elif self.lost_connection or not self.hello_queued:
+                reconnected = True
+                self.lost_connection = False
+        if reconnected:
+            log.info("connected to the broker; saying hello")
+            self.welcomed = False
+            self.hello_due = time.monotonic()
+            self.on_timers(self.hello_due)
+
+    def on_result(self, msg: m.Message) -> None:
+        """A worker's result from the Outbox."""
+        if isinstance(msg, m.TransferDone):
+            self.transfers.finished(msg.xfer_id)
+            self.unacked[msg.xfer_id] = msg
+            log.debug("xfer %d done: %s", msg.xfer_id, msg)
+        self.send(msg)
+
+    def on_message(self, msg: m.BrokerToSlave) -> None:
+        match msg:
+            case m.Welcome(heartbeat_ms=hb, liveness=liveness):
+                if not self.welcomed:
+                    log.info("registered with the broker")
+                self.welcomed = True
+                self.heartbeat_s = max(hb, 50) / 1000
+                self.liveness = max(liveness, 1)
+                self.resend_unacked()
+            case m.Heartbeat():
+                pass
+            case m.Disconnect(reason=reason):
+                log.info("broker says disconnect (%s); saying hello again", reason)
+                self.welcomed = False
+                self.hello_due = time.monotonic()
+                self.on_timers(self.hello_due)
+            case m.Listen():
+                self.on_listen(msg)
+            case m.StartSend() | m.StartReceive():
+                self.on_start(msg)
+            case m.Abort(req_id=req_id, xfer_id=xfer_id):
+                if self.transfers.abort(xfer_id):
+                    log.info("xfer %d: aborted", xfer_id)
+                self.send(m.OpResult(req_id=req_id, ok=True))
+            case m.DoneAck(xfer_id=xfer_id):
+                self.unacked.pop(xfer_id, None)
+            case m.Delete(req_id=req_id, path=path):
+                self.op(req_id, self.storage.delete, path)
+            case m.Rename(req_id=req_id, src=src, dst=dst):
+                self.op(req_id, self.storage.rename, src, dst)
+            case m.MakeDir(req_id=req_id, path=path):
+                self.op(req_id, self.storage.mkdir, path)
+            case m.RemoveDir(req_id=req_id, path=path):
+                self.op(req_id, self.storage.rmdir, path)
+            case m.Checksum():
+                self.on_checksum(msg)
+            case m.InventoryRequest():
+                self.on_inventory(msg)
+            case _:
+                assert_never(msg)
+
+    def op(self, req_id: int, func: Callable[..., None], *args: str) -> None:
+        try:
+            func(*args)
+        except OSError as exc:
+            log.info("%s%r refused: %s", func.__name__, args, exc)
+            self.error(req_id, exc)
+            return
+        self.send(m.OpResult(req_id=req_id, ok=True))
+
+    def on_listen(self, msg: m.Listen) -> None:
+        try:
+            port = self.transfers.listen(msg.xfer_id, msg.allowed_ip, time.monotonic())
+        except OSError as exc:
+            log.info("xfer %d: listen refused: %s", msg.xfer_id, exc)
+            self.error(msg.req_id, exc)
+            return
+        self.send(m.Listening(req_id=msg.req_id, xfer_id=msg.xfer_id, port=port))
+
+    def on_start(self, msg: m.StartSend | m.StartReceive) -> None:
+        try:
+            if isinstance(msg, m.StartSend):
+                self.transfers.start_send(msg)
+            else:
+                self.transfers.start_receive(msg)
+        except OSError as exc:
+            log.info("xfer %d: %s %r refused: %s", msg.xfer_id, type(msg).__name__, msg.path, exc)
+            self.error(msg.req_id, exc)
+            return
+        self.send(m.Started(req_id=msg.req_id, xfer_id=msg.xfer_id))
+
+    def on_checksum(self, msg: m.Checksum) -> None:
+        try:
+            real = self.storage.real(msg.path, allow_root=False)
+        except OSError as exc:
+            self.error(msg.req_id, exc)
+            return
+        self.jobs.submit(functools.partial(checksum_job, msg.req_id, str(real), max(msg.start, 0), msg.end))
+
+    def on_inventory(self, msg: m.InventoryRequest) -> None:
+        walk = self.scans.pop(msg.scan, None)
+        if walk is None:
+            walk = self.storage.inventory()
+            while len(self.scans) >= MAX_OPEN_SCANS:
+                old, _ = self.scans.popitem(last=False)
+                log.warning("inventory scan %d dropped (too many open scans)", old)
+        limit = max(1, min(msg.limit, MAX_PAGE_ENTRIES))
+        entries: list[m.InventoryEntry] = []
+        budget = MAX_PAGE_BYTES
+        for entry in walk:
+            if len(entries) >= limit or budget < len(entry.path) + 64:
+                walk = itertools.chain([entry], walk)  # keep it for the next page
+                self.scans[msg.scan] = walk
+                break
+            entries.append(entry)
+            budget -= len(entry.path.encode()) + 64
+        last = msg.scan not in self.scans
+        self.send(m.InventoryPage(req_id=msg.req_id, scan=msg.scan, entries=entries, last=last))
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        log.info("shutting down: aborting %d transfers", len(self.transfers.transfers))
+        self.transfers.shutdown(SHUTDOWN_WAIT_S)
+        for result in self.outbox.drain():
+            self.on_result(result)
+        self.jobs.stop()
+        self.send(m.Bye(reason="shutdown"))
+        self.dealer.setsockopt(zmq.LINGER, BYE_LINGER_MS)  # let Bye leave before close
+        self.dealer.disable_monitor()
+        self.monitor.close()
+        self.dealer.close()
+        self.pub.close()
+        self.ctx.term()
+        self.outbox.close()
+
+
+def run(config_path: str) -> int:
+    """Entry point used by `ftpcluster slave --config FILE`; raises ConfigError."""
+    config = cfgmod.load(config_path, cfgmod.SlaveConfig)
+    logmod.setup(f"slave:{config.slave.name}", config.log.level)
+    return SlaveService(config).run()

@@ -1,0 +1,225 @@
+"""The slave's storage root: virtual paths -> real paths, and the tree operations on them.
+
+Owns: the rule that nothing outside the root is ever touched (NUL, "..", relative paths,
+symlinks whose target leaves the root, and the reserved temp-file prefix are refused
+with PathRefused), delete / rename / mkdir / rmdir with the idempotent semantics of the
+wire contract, temp names for uploads, and the inventory walk.
+
+Must not: open sockets, start threads, log, or know about the wire beyond InventoryEntry.
+Everything here is synchronous and may block on the disk; callers decide which thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from common.messages import InventoryEntry
+
+TEMP_PREFIX = ".ftpc-part."
+"""Name prefix of upload temp files; such names are hidden from the inventory and refused."""
+
+
+class PathRefused(OSError):
+    """A virtual path that is malformed or would leave the storage root."""
+
+    def __init__(self, vpath: str, why: str) -> None:
+        super().__init__(errno.EACCES, f"path refused: {why}")
+        self.vpath = vpath
+
+
+def _mtime_ms(st: os.stat_result) -> int:
+    return st.st_mtime_ns // 1_000_000
+
+
+class Storage:
+    """One storage root. Virtual paths are absolute ("/a/b"); "/" is the root itself."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        path = Path(root)
+        path.mkdir(parents=True, exist_ok=True)
+        self.root = Path(os.path.realpath(path))
+
+    # ------------------------------------------------------------ path mapping
+
+    def parts(self, vpath: str) -> list[str]:
+        """Components of `vpath`; raises PathRefused for anything that could escape."""
+        if not isinstance(vpath, str) or not vpath.startswith("/"):
+            raise PathRefused(str(vpath), "not an absolute virtual path")
+        if "\x00" in vpath:
+            raise PathRefused(vpath, "NUL in path")
+        parts = [p for p in vpath.split("/") if p not in ("", ".")]
+        for part in parts:
+            if part == "..":
+                raise PathRefused(vpath, "'..' in path")
+            if part.startswith(TEMP_PREFIX):
+                raise PathRefused(vpath, "reserved name")
+        return parts
+
+    def real(self, vpath: str, *, allow_root: bool = True) -> Path:
+        """The real path for `vpath`, checked to stay under the root after resolving symlinks.
+
+        The last component itself is not resolved (it may be a symlink that callers open
+        with O_NOFOLLOW or remove as a link), but its parent chain is. Raises PathRefused.
+        """
+        parts = self.parts(vpath)
+        if not parts:
+            if not allow_root:
+                raise PathRefused(vpath, "the root itself")
+            return self.root
+        parent = Path(os.path.realpath(self.root.joinpath(*parts[:-1])))
+        if parent != self.root and self.root not in parent.parents:
+            raise PathRefused(vpath, "leaves the storage root")
+        return parent / parts[-1]
+
+    def virtual(self, real: Path) -> str:
+        return "/" + real.relative_to(self.root).as_posix()
+
+    def temp_for(self, real: Path, tag: str = "") -> Path:
+        """A fresh temp name next to `real` (same directory, so a rename is atomic)."""
+        return real.with_name(f"{TEMP_PREFIX}{tag or uuid.uuid4().hex}.{real.name}"[:255])
+
+    # ------------------------------------------------------------ tree operations
+
+    def delete(self, vpath: str) -> None:
+        """Delete a file, a symlink (not its target) or a whole tree; missing is success."""
+        path = self.real(vpath, allow_root=False)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            # rmtree never follows symlinks inside the tree (it unlinks them).
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=_ignore_missing)
+            else:
+                shutil.rmtree(path, onerror=lambda f, p, info: _ignore_missing(f, p, info[1]))
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename a file or tree, creating dst's parents; missing src is success.
+
+        An existing destination file is replaced; an existing destination directory is an
+        error (IsADirectoryError), as is moving a directory into itself.
+        """
+        rsrc = self.real(src, allow_root=False)
+        rdst = self.real(dst, allow_root=False)
+        try:
+            st = os.lstat(rsrc)
+        except FileNotFoundError:
+            return
+        if rsrc == rdst:
+            return
+        if stat.S_ISDIR(st.st_mode) and rsrc in rdst.parents:
+            raise OSError(errno.EINVAL, "cannot move a directory into itself")
+        try:
+            dst_st = os.lstat(rdst)
+        except FileNotFoundError:
+            dst_st = None
+        if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "destination is a directory")
+        self._makedirs(rdst.parent)
+        os.rename(rsrc, rdst)
+
+    def mkdir(self, vpath: str) -> None:
+        """mkdir -p; an existing directory is success, an existing file is an error."""
+        path = self.real(vpath)
+        self._makedirs(path)
+
+    def rmdir(self, vpath: str) -> None:
+        """Remove an empty directory; missing is success (OSError ENOTEMPTY if not empty)."""
+        path = self.real(vpath, allow_root=False)
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+
+    def _makedirs(self, path: Path) -> None:
+        if path == self.root:
+            return
+        if self.root not in path.parents:
+            raise PathRefused(self.virtual(path), "leaves the storage root")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._makedirs(path.parent)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not path.is_dir() or path.is_symlink():
+                    raise
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise PathRefused(self.virtual(path), "a symlink in the directory chain")
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {self.virtual(path)}")
+
+    def ensure_parent(self, real: Path) -> None:
+        """Create the parents of a checked real path (uploads into new directories)."""
+        self._makedirs(real.parent)
+
+    def clean_temp(self) -> int:
+        """Remove leftover upload temp files (a crash mid-upload); returns how many."""
+        count = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    try:
+                        os.unlink(os.path.join(dirpath, name))
+                        count += 1
+                    except OSError:
+                        pass
+        return count
+
+    # ------------------------------------------------------------ inventory
+
+    def inventory(self) -> Iterator[InventoryEntry]:
+        """Every directory and regular file under the root, pre-order (a directory before
+        its contents), names sorted within a directory. Symlinks, temp files and special
+        files are skipped; the root itself is not listed. Vanishing entries are skipped."""
+        stack: list[Iterator[tuple[str, os.stat_result, str]]] = [self._listdir(str(self.root), "")]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            real, st, vpath = item
+            if stat.S_ISDIR(st.st_mode):
+                yield InventoryEntry(path=vpath, is_dir=True, size=0, mtime_ms=_mtime_ms(st))
+                stack.append(self._listdir(real, vpath))
+            else:
+                yield InventoryEntry(path=vpath, is_dir=False, size=st.st_size,
+                                     mtime_ms=_mtime_ms(st))
+
+    @staticmethod
+    def _listdir(real: str, vdir: str) -> Iterator[tuple[str, os.stat_result, str]]:
+        try:
+            with os.scandir(real) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                yield entry.path, st, f"{vdir}/{entry.name}"
+
+
+def _ignore_missing(func: object, path: str, exc: BaseException) -> None:
+    """rmtree error hook: an entry removed by someone else meanwhile is fine."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc

@@ -1,0 +1,396 @@
+"""Transfers: passive listeners, one worker thread per data connection, file I/O, results.
+
+Owns: the table of open listeners and running transfers (main-thread only), the
+max_transfers limit, opening files for send/receive (in the main loop, so errors become an
+OpResult before Started), and the worker threads, which move the bytes with os.sendfile
+or recv_into a reusable 1 MiB buffer, compute CRC32 on the fly, fsync, and hand a
+TransferDone to the Outbox.
+
+Threads: the main loop calls every public method; a worker touches only its own Transfer
+and the Outbox. Abort shuts the worker's sockets down (waking any blocked call) but never
+closes them: only the worker closes its file descriptors, so a number is never reused
+under a thread still using it.
+
+Uploads with offset 0 and no append go to a temp file renamed over the target at the end
+(a concurrent download of the old file is not disturbed). A failed or aborted upload
+keeps what arrived (FTP convention, so REST can resume) unless no data connection was
+ever made, in which case the target is left untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+import zlib
+from pathlib import Path
+
+from common import messages as m
+from common.config import SlaveSection
+from slave import dataconn
+from slave.outbox import CHUNK, Outbox, crc_range
+from slave.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SENDFILE_CHUNK = 8 * 1024 * 1024
+
+
+class Kind(enum.Enum):
+    SEND = "send"
+    RECEIVE = "receive"
+
+
+class Aborted(OSError):
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNABORTED, "aborted")
+
+
+class Listener:
+    """A passive listener not yet claimed by a StartSend/StartReceive."""
+
+    def __init__(self, sock: socket.socket, allowed_ip: str, expires: float) -> None:
+        self.sock = sock
+        self.allowed_ip = allowed_ip
+        self.expires = expires
+
+
+class Transfer:
+    """One running transfer; its sockets are shared with the main loop only for abort()."""
+
+    def __init__(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
+                 temp: Path | None, listener: Listener | None,
+                 connect_to: tuple[str, int] | None) -> None:
+        self.xfer_id = xfer_id
+        self.kind = kind
+        self.fd = fd
+        self.start = start
+        self.real = real
+        self.temp = temp
+        self.listener = listener
+        self.connect_to = connect_to
+        self.bytes = 0
+        self.connected = False
+        self.aborted = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = [listener.sock] if listener else []
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Register a new socket so abort() can reach it; raises Aborted if too late."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.aborted:
+                raise Aborted()
+
+    def abort(self) -> None:
+        """Main loop: wake the worker out of accept/connect/recv/sendfile."""
+        with self._lock:
+            self.aborted = True
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close_socket(self, sock: socket.socket) -> None:
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
+            sock.close()
+
+    def close_all(self) -> None:
+        """Worker only, at the end."""
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+        os.close(self.fd)
+
+
+def _os_error(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)), (exc.errno or 0)
+    return str(exc) or type(exc).__name__, 0
+
+
+class TransferManager:
+    """Listeners and transfers of one slave (see the module docstring for threading)."""
+
+    def __init__(self, storage: Storage, config: SlaveSection, outbox: Outbox) -> None:
+        self.storage = storage
+        self.config = config
+        self.outbox = outbox
+        self.ports = dataconn.PortAllocator(config.passive_ports)
+        self.listeners: dict[int, Listener] = {}
+        self.transfers: dict[int, Transfer] = {}
+        self.threads: dict[int, threading.Thread] = {}
+
+    # ------------------------------------------------------------ counts
+
+    def active(self, kind: Kind) -> int:
+        return sum(1 for t in self.transfers.values() if t.kind is kind)
+
+    def _check_capacity(self, xfer_id: int) -> None:
+        if xfer_id in self.transfers:
+            raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
+        if len(self.transfers) + len(self.listeners) >= self.config.max_transfers:
+            raise OSError(errno.EBUSY, f"too many transfers (max_transfers={self.config.max_transfers})")
+
+    # ------------------------------------------------------------ commands (main loop)
+
+    def listen(self, xfer_id: int, allowed_ip: str, now: float) -> int:
+        """Open a passive listener; returns its port. Raises OSError."""
+        if xfer_id in self.listeners:
+            raise OSError(errno.EEXIST, f"transfer {xfer_id} already has a listener")
+        self._check_capacity(xfer_id)
+        sock = self.ports.open_listener(self.config.data_bind)
+        self.listeners[xfer_id] = Listener(sock, allowed_ip, now + self.config.data_timeout)
+        return int(sock.getsockname()[1])
+
+    def start_send(self, msg: m.StartSend) -> None:
+        """Open the file and start the worker; raises OSError (nothing is left open)."""
+        self._need_listener(msg.xfer_id, msg.connect_to)
+        real = self.storage.real(msg.path, allow_root=False)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file")
+            if msg.offset < 0 or msg.offset > st.st_size:
+                raise OSError(errno.EINVAL, "offset beyond the end of the file")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._launch(msg.xfer_id, Kind.SEND, fd, msg.offset, real, None, msg.connect_to)
+
+    def start_receive(self, msg: m.StartReceive) -> None:
+        """Open (or create) the target and start the worker; raises OSError."""
+        self._need_listener(msg.xfer_id, msg.connect_to)
+        real = self.storage.real(msg.path, allow_root=False)
+        self.storage.ensure_parent(real)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # RDWR: CRC of the prefix
+        temp: Path | None = None
+        if msg.append or msg.offset:
+            fd = os.open(real, flags, 0o644)
+        else:
+            if real.is_dir() and not real.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "target is a directory")
+            temp = self.storage.temp_for(real)
+            fd = os.open(temp, flags | os.O_EXCL, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if msg.append:
+                start = size
+            else:
+                if msg.offset < 0 or msg.offset > size:
+                    raise OSError(errno.EINVAL, "offset beyond the end of the file")
+                os.ftruncate(fd, msg.offset)
+                start = msg.offset
+            os.lseek(fd, start, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            raise
+        self._launch(msg.xfer_id, Kind.RECEIVE, fd, start, real, temp, msg.connect_to)
+
+    def abort(self, xfer_id: int) -> bool:
+        """Stop a transfer or close a listener; True if there was something to stop."""
+        if (listener := self.listeners.pop(xfer_id, None)) is not None:
+            listener.sock.close()
+            return True
+        if (transfer := self.transfers.get(xfer_id)) is not None:
+            transfer.abort()
+            return True
+        return False
+
+    def finished(self, xfer_id: int) -> None:
+        """The main loop took this transfer's TransferDone out of the outbox."""
+        self.transfers.pop(xfer_id, None)
+        if (thread := self.threads.pop(xfer_id, None)) is not None:
+            thread.join(1.0)
+
+    def expire_listeners(self, now: float) -> list[int]:
+        """Close listeners nobody claimed within data_timeout; returns their xfer_ids."""
+        gone = [x for x, listener in self.listeners.items() if listener.expires <= now]
+        for xfer_id in gone:
+            self.listeners.pop(xfer_id).sock.close()
+        return gone
+
+    def shutdown(self, timeout: float) -> None:
+        """Abort everything and wait (bounded) for the workers to post their results."""
+        for xfer_id in list(self.listeners):
+            self.abort(xfer_id)
+        for transfer in list(self.transfers.values()):
+            transfer.abort()
+        deadline = time.monotonic() + timeout
+        for thread in list(self.threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------ internals
+
+    def _need_listener(self, xfer_id: int, connect_to: tuple[str, int] | None) -> None:
+        if xfer_id in self.transfers:
+            raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
+        if connect_to is None and xfer_id not in self.listeners:
+            raise OSError(errno.ENOTCONN, f"no passive listener for transfer {xfer_id}")
+        if connect_to is not None and xfer_id not in self.listeners:
+            self._check_capacity(xfer_id)
+
+    def _launch(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
+                temp: Path | None, connect_to: tuple[str, int] | None) -> None:
+        listener = self.listeners.pop(xfer_id, None)
+        if connect_to is not None and listener is not None:
+            listener.sock.close()  # active mode wins over a stale PRET listener
+            listener = None
+        transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to)
+        thread = threading.Thread(target=self._work, args=(transfer,), daemon=True,
+                                  name=f"xfer-{xfer_id}")
+        self.transfers[xfer_id] = transfer
+        self.threads[xfer_id] = thread
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            del self.transfers[xfer_id], self.threads[xfer_id]
+            transfer.close_all()
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            raise OSError(errno.EAGAIN, f"cannot start a worker: {exc}") from None
+
+    # ------------------------------------------------------------ worker threads
+
+    def _work(self, t: Transfer) -> None:
+        try:
+            done = self._send(t) if t.kind is Kind.SEND else self._receive(t)
+        except BaseException as exc:  # never lose a completion
+            log.exception("transfer %d crashed", t.xfer_id)
+            text, code = _os_error(exc)
+            done = m.TransferDone(xfer_id=t.xfer_id, ok=False, bytes=t.bytes, size=0,
+                                  aborted=t.aborted, error=text, errno=code)
+        finally:
+            try:
+                t.close_all()
+            except OSError:
+                pass
+        self.outbox.put(done)
+
+    def _connect(self, t: Transfer) -> socket.socket:
+        """The data connection: accept on the listener or connect out. Raises OSError."""
+        timeout = float(self.config.data_timeout)
+        upload = t.kind is Kind.RECEIVE
+        if t.listener is not None:
+            conn = dataconn.accept_from(
+                t.listener.sock, t.listener.allowed_ip, time.monotonic() + timeout,
+                on_refused=lambda ip: log.warning("xfer %d: refused data connection from %s",
+                                                  t.xfer_id, ip))
+            t.adopt(conn)
+            t.close_socket(t.listener.sock)
+        else:
+            assert t.connect_to is not None
+            conn = dataconn.connect_socket(self.config.data_bind, upload)
+            t.adopt(conn)
+            dataconn.connect(conn, (t.connect_to[0], int(t.connect_to[1])), timeout)
+            if t.aborted:
+                raise Aborted()
+        dataconn.set_timeout(conn, timeout)
+        t.connected = True
+        return conn
+
+    def _send(self, t: Transfer) -> m.TransferDone:
+        error: BaseException | None = None
+        try:
+            conn = self._connect(t)
+            out = conn.fileno()
+            pos = t.start
+            while True:
+                try:
+                    n = os.sendfile(out, t.fd, pos, SENDFILE_CHUNK)
+                except OSError as exc:
+                    if dataconn.stalled(exc):
+                        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
+                    raise
+                if n == 0:
+                    break
+                pos += n
+                t.bytes += n
+            conn.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            error = exc
+        st = os.fstat(t.fd)
+        return self._done(t, error, st, None)
+
+    def _receive(self, t: Transfer) -> m.TransferDone:
+        view = memoryview(bytearray(CHUNK))
+        error: BaseException | None = None
+        crc: int | None = None
+        try:
+            crc, _ = crc_range(t.fd, 0, t.start, view, lambda: t.aborted)
+            conn = self._connect(t)
+            while True:
+                try:
+                    n = conn.recv_into(view)
+                except OSError as exc:
+                    if dataconn.stalled(exc):
+                        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
+                    raise
+                if n == 0:
+                    break
+                chunk = view[:n]
+                try:
+                    written = 0
+                    while written < n:
+                        written += os.write(t.fd, chunk[written:])
+                except OSError:
+                    crc = None  # the file now holds bytes the CRC does not cover
+                    raise
+                crc = zlib.crc32(chunk, crc)
+                t.bytes += n
+        except InterruptedError:
+            error = Aborted()
+        except OSError as exc:
+            error = exc
+        return self._finish_upload(t, error, crc)
+
+    def _finish_upload(self, t: Transfer, error: BaseException | None,
+                       crc: int | None) -> m.TransferDone:
+        if t.temp is not None and not t.connected:
+            t.temp.unlink(missing_ok=True)  # never connected: leave the target untouched
+            return self._done(t, error or Aborted(), None, None)
+        try:
+            if self.config.fsync:
+                os.fsync(t.fd)
+            st = os.fstat(t.fd)
+            if t.temp is not None:
+                os.rename(t.temp, t.real)
+            if self.config.fsync:
+                _fsync_dir(t.real.parent)
+        except OSError as exc:
+            return self._done(t, error or exc, None, None)
+        return self._done(t, error, st, crc)
+
+    def _done(self, t: Transfer, error: BaseException | None, st: os.stat_result | None,
+              crc: int | None) -> m.TransferDone:
+        if t.aborted:
+            error = Aborted()
+        text, code = _os_error(error) if error is not None else ("", 0)
+        if error is not None and not t.aborted:
+            log.info("xfer %d %s failed after %d bytes: %s", t.xfer_id, t.kind.value, t.bytes, text)
+        return m.TransferDone(
+            xfer_id=t.xfer_id, ok=error is None, bytes=t.bytes,
+            size=st.st_size if st is not None else 0,
+            crc32=crc if st is not None else None,
+            mtime_ms=st.st_mtime_ns // 1_000_000 if st is not None else 0,
+            aborted=t.aborted, error=text, errno=code)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
