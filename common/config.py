@@ -122,6 +122,7 @@ class MasterConfig(_Section):
 
 C = TypeVar("C", BrokerConfig, SlaveConfig, MasterConfig)
 
+_SCRYPT_HASH = re.compile(r"^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*$")
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
 _MISSING = re.compile(r"Object missing required field `(?P<key>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
 _AT = re.compile(r"^(?P<what>.*?) - at `\$(?P<at>[^`]*)`$")
@@ -185,7 +186,7 @@ def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> No
             if user.name in seen:
                 raise ConfigError(f"{source}: key users[{index}].name: duplicate user {user.name!r}")
             seen.add(user.name)
-            if not user.password_hash.startswith("scrypt$"):
+            if not _SCRYPT_HASH.match(user.password_hash):
                 raise ConfigError(
                     f"{source}: key users[{index}].password_hash: expected a hash from "
                     "`ftpcluster hash-password`, not a plain-text password")
