@@ -1,0 +1,230 @@
+"""pyftpdlib's AbstractedFS over the master's metadata tree (master.vfs.VirtualFS).
+
+Owns the mapping between FTP paths and virtual paths (identity: every session's root
+is "/"), stat results built from VFS entries, and telling the slaves about deletes and
+renames once the VFS has committed them. Never touches the master's own disk: open()
+raises, since file bytes only ever live on slaves.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import posixpath
+import stat as stat_mod
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from pyftpdlib.filesystems import AbstractedFS, FilesystemError
+
+from common import messages as m
+from master.vfs import Entry
+
+if TYPE_CHECKING:
+    from master.vfs import VirtualFS
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = stat_mod.S_IFDIR | 0o755
+FILE_MODE = stat_mod.S_IFREG | 0o644
+DEFAULT_GROUP = "ftpcluster"
+LISTING_CACHE_S = 2.0
+"""How long entries read by listdir() serve the stat() calls of the listing that follows."""
+
+Notify = Callable[[str, m.SlaveCommand], None]
+"""Fire-and-forget command to one slave (name, command with req_id 0)."""
+
+
+def has_nul(path: str) -> bool:
+    return "\x00" in path
+
+
+def virtual_norm(path: str, cwd: str = "/") -> str:
+    """Absolute normalised virtual path; ".." never climbs above "/" and nothing raises.
+
+    >>> virtual_norm("../../etc", "/a")
+    '/etc'
+    """
+    joined = path if path.startswith("/") else posixpath.join(cwd or "/", path)
+    norm = posixpath.normpath(joined)
+    while norm.startswith("//"):
+        norm = norm[1:]
+    return norm if norm.startswith("/") else "/"
+
+
+def stable_ino(path: str) -> int:
+    """Inode number for the MLSD `unique` fact: stable for a path across restarts."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogatepass"),
+                                          digest_size=7).digest(), "big")
+
+
+def _oserror(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+class VirtualFilesystem(AbstractedFS):
+    """One per logged-in session; `cmd_channel.cluster` supplies the VFS and slave notifier."""
+
+    def __init__(self, root: str, cmd_channel: Any) -> None:
+        super().__init__("/", cmd_channel)
+        cluster = cmd_channel.cluster
+        self.vfs: VirtualFS = cluster.vfs
+        self._notify: Notify = cluster.notify
+        self._online: Callable[[], list[str]] = cluster.online_slaves
+        self._ids: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._cache: dict[str, Entry] = {}
+        self._cache_at = 0.0
+        home = virtual_norm(root or "/")
+        if home != "/" and self.isdir(home):
+            self._cwd = home
+
+    # -- path translation (identity on virtual paths)
+    def ftpnorm(self, ftppath: str) -> str:
+        return virtual_norm(ftppath, self.cwd)
+
+    def ftp2fs(self, ftppath: str) -> str:
+        return self.ftpnorm(ftppath)
+
+    def fs2ftp(self, fspath: str) -> str:
+        return virtual_norm(fspath, self.cwd)
+
+    def validpath(self, path: str) -> bool:
+        return path.startswith("/") and not has_nul(path)
+
+    def realpath(self, path: str) -> str:
+        return virtual_norm(path, self.cwd)
+
+    # -- lookups
+    def _entry(self, path: str, cached: bool = False) -> Entry:
+        if has_nul(path):
+            raise _oserror(errno.EINVAL, path)
+        if cached and time.monotonic() - self._cache_at < LISTING_CACHE_S:
+            hit = self._cache.get(path)
+            if hit is not None:
+                return hit
+        entry = self.vfs.lookup(path)
+        if entry is None:
+            raise _oserror(errno.ENOENT, path)
+        return entry
+
+    def lookup(self, path: str) -> Entry | None:
+        try:
+            return self._entry(path)
+        except OSError:
+            return None
+
+    def isdir(self, path: str) -> bool:
+        entry = self.lookup(path)
+        return entry is not None and entry.is_dir
+
+    def isfile(self, path: str) -> bool:
+        entry = self.lookup(path)
+        return entry is not None and not entry.is_dir
+
+    def islink(self, path: str) -> bool:
+        return False
+
+    def lexists(self, path: str) -> bool:
+        return self.lookup(path) is not None
+
+    def chdir(self, path: str) -> None:
+        if not self._entry(path).is_dir:
+            raise _oserror(errno.ENOTDIR, path)
+        self.cwd = path
+
+    def listdir(self, path: str) -> list[str]:
+        entries = list(self.vfs.listdir(path))
+        # format_list/format_mlsx stat every name right after this: serve them from the
+        # same snapshot instead of one SQLite query per entry.
+        self._cache = {e.path: e for e in entries}
+        self._cache_at = time.monotonic()
+        return [e.name for e in entries]
+
+    def _id(self, name: str) -> int:
+        ident = self._ids.get(name)
+        if ident is None:
+            ident = 1000 + len(self._ids)
+            self._ids[name] = ident
+            self._names[ident] = name
+        return ident
+
+    def stat(self, path: str) -> os.stat_result:
+        entry = self._entry(path, cached=True)
+        mode = DIR_MODE if entry.is_dir else FILE_MODE
+        size = 0 if entry.is_dir else entry.size
+        mtime = entry.mtime
+        return os.stat_result((mode, stable_ino(entry.path), 0, 2 if entry.is_dir else 1,
+                               self._id(entry.owner), self._id(entry.group), size,
+                               mtime, mtime, mtime))
+
+    lstat = stat
+
+    def getsize(self, path: str) -> int:
+        entry = self._entry(path)
+        if entry.is_dir:
+            raise _oserror(errno.EISDIR, path)
+        return entry.size
+
+    def getmtime(self, path: str) -> float:
+        return self._entry(path).mtime
+
+    def get_user_by_uid(self, uid: int) -> str:
+        return self._names.get(uid, "owner")
+
+    def get_group_by_gid(self, gid: int) -> str:
+        return self._names.get(gid, "group")
+
+    def readlink(self, path: str) -> str:
+        raise _oserror(errno.EINVAL, path)
+
+    # -- mutations: VFS first (durable), then the slaves (fire-and-forget)
+    def _owner(self) -> str:
+        return getattr(self.cmd_channel, "username", "") or "ftpcluster"
+
+    def mkdir(self, path: str) -> None:
+        self._cache.clear()
+        self.vfs.mkdir(path, self._owner(), DEFAULT_GROUP, time.time())
+
+    def rmdir(self, path: str) -> None:
+        self._cache.clear()
+        if path == "/":
+            raise FilesystemError("Can't remove root directory.")
+        self.vfs.rmdir(path)
+        # An empty directory has no holders, but slaves may still have it on disk.
+        for slave in self._online():
+            self._notify(slave, m.RemoveDir(req_id=0, path=path))
+
+    def remove(self, path: str) -> None:
+        self._cache.clear()
+        entry = self.vfs.remove(path)
+        for slave in sorted(entry.slaves):
+            self._notify(slave, m.Delete(req_id=0, path=path))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._cache.clear()
+        if src == "/" or dst == "/":
+            raise _oserror(errno.EINVAL, src)
+        holders = self.vfs.rename(src, dst)
+        for slave in sorted(holders):
+            self._notify(slave, m.Rename(req_id=0, src=src, dst=dst))
+
+    def utime(self, path: str, timeval: float) -> None:
+        self._cache.clear()
+        self._entry(path)
+        self.vfs.set_mtime(path, timeval)
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise FilesystemError("SITE CHMOD is not supported by this server.")
+
+    def open(self, filename: str, mode: str) -> Any:
+        raise FilesystemError("file data lives on the slaves; the master never opens files")
+
+    def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None,
+                mode: str = "wb") -> Any:
+        raise FilesystemError("STOU is handled by the cluster handler")
+
+    def symlink(self, src: str, dst: str) -> None:
+        raise FilesystemError("symbolic links are not supported")

@@ -1,0 +1,263 @@
+"""The master's FTP session: a narrow pyftpdlib FTPHandler subclass built from MasterConfig.
+
+Owns the session's cluster-specific state (PRET, data routes, the deferred-reply queue,
+the transfer in progress) and routes commands to the modules that decide them:
+master.transfers (RETR/STOR/APPE/STOU), master.passive (PRET/PASV/EPSV/PORT/EPRT and
+listings), master.site (SITE SLAVES/STATUS, XCRC), master.fs (metadata commands through
+pyftpdlib's stock methods). Protocol decisions live in those modules, not here.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyftpdlib.handlers import FTPHandler
+
+from common.config import MasterConfig, MasterSection
+from master import passive, site, transfers
+from master.cluster import SlaveRegistry, SlaveState
+from master.fs import VirtualFilesystem
+from master.link import BrokerLink
+from master.relay import Relay, RelayCounter, Waker
+from master.transfers import RemoteTransfer, Transfer
+from master.users import ClusterAuthorizer
+from master.vfs import VirtualFS
+from common import messages as m
+
+log = logging.getLogger(__name__)
+
+# Commands that must act even while an earlier command's reply is still owed (RFC 959 4.1.3).
+_UNQUEUED = frozenset({"ABOR", "QUIT", "STAT"})
+
+
+@dataclass
+class Cluster:
+    """What every session shares: config, metadata, slaves, the broker link, counters."""
+
+    config: MasterSection
+    vfs: VirtualFS
+    registry: SlaveRegistry
+    link: BrokerLink
+    ioloop: Any
+    waker: Waker
+    relayed: RelayCounter = field(default_factory=RelayCounter)
+    sessions: set[Any] = field(default_factory=set)
+    clock: Callable[[], float] = time.monotonic
+    data_timeout: int = 300
+
+    def notify(self, slave: str, cmd: m.SlaveCommand) -> None:
+        self.link.notify(slave, cmd)
+
+    def online_slaves(self) -> list[str]:
+        return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)
+
+
+def _proto_cmds() -> dict[str, dict[str, Any]]:
+    cmds = dict(FTPHandler.proto_cmds)
+    # PRET and XCRC validate their own arguments: with perm set, pyftpdlib would run the
+    # whole argument ("RETR a b", "path 0 10") through ftp2fs.
+    cmds["PRET"] = dict(perm=None, auth=True, arg=None,
+                        help="Syntax: PRET <SP> command [<SP> path] (prepare transfer).")
+    cmds["XCRC"] = dict(perm=None, auth=True, arg=True,
+                        help="Syntax: XCRC <SP> path [<SP> start [<SP> end]] (CRC32 of a file).")
+    cmds["SITE SLAVES"] = dict(perm=None, auth=True, arg=False,
+                               help="Syntax: SITE SLAVES (list storage slaves; admins only).")
+    cmds["SITE STATUS"] = dict(perm=None, auth=True, arg=False,
+                               help="Syntax: SITE STATUS (cluster counters; admins only).")
+    return cmds
+
+
+PROTO_CMDS = _proto_cmds()
+
+
+class ClusterFTPHandler(FTPHandler):
+    """One FTP control connection. Class attributes come from build_handler()."""
+
+    cluster: Cluster
+    abstracted_fs = VirtualFilesystem
+    passive_dtp = passive.ParkingPassiveDTP
+    proto_cmds = PROTO_CMDS
+    use_sendfile = False
+
+    def __init__(self, conn: socket.socket, server: Any, ioloop: Any = None) -> None:
+        # Set before FTPHandler.__init__, which may call close() on a dead connection.
+        self.pret: tuple[str, str] | None = None
+        self.port_addr: tuple[str, int] | None = None
+        self.pending_listen: passive.SlaveListener | None = None
+        self.slave_listener: passive.SlaveListener | None = None
+        self.parked_socket: socket.socket | None = None
+        self.relay_waiter: Relay | None = None
+        self.pending_checksum: object | None = None
+        self._deferred = False
+        self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
+        self._replay_call: Any = None
+        super().__init__(conn, server, ioloop=ioloop)
+        self._extra_feats += ["PRET", "XCRC"]
+
+    # ------------------------------------------------------------ session lifecycle
+    def handle(self) -> None:
+        self.cluster.sessions.add(self)
+        super().handle()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.cluster.sessions.discard(self)
+            listener, self.pending_listen = self.pending_listen, None
+            if listener is not None:
+                self.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+            self.relay_waiter = None
+            self._queued.clear()
+            if self._replay_call is not None and not self._replay_call.cancelled:
+                self._replay_call.cancel()
+            if self.slave_listener is not None or self.parked_socket is not None:
+                passive.drop_stored_route(self)
+        super().close()
+
+    def flush_account(self) -> None:
+        super().flush_account()
+        self.pret = None
+        if self.current_transfer() is None:
+            passive.drop_stored_route(self)
+
+    # ------------------------------------------------------------ deferred replies
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if "\x00" in line:
+            # RFC 959 501: syntax error in parameters; a NUL never names a valid path.
+            self.respond("501 Syntax error in parameters: NUL character not allowed.")
+            self.log_cmd(cmd, arg.replace("\x00", "\\0"), 501, "NUL in argument")
+            return
+        if (self._deferred or self._queued) and cmd[-4:] not in _UNQUEUED:
+            # A reply is still owed: answer this one after it, in order (pipelining).
+            self._queued.append((line, cmd, arg))
+            return
+        super().pre_process_command(line, cmd, arg)
+
+    def begin_deferred(self) -> None:
+        self._deferred = True
+
+    def end_deferred(self) -> None:
+        self._deferred = False
+        if self._queued and not self._closed and self._replay_call is None:
+            self._replay_call = self.ioloop.call_later(0, self._replay, _errback=self.handle_error)
+
+    def _replay(self) -> None:
+        self._replay_call = None
+        while self._queued and not self._deferred and not self._closed:
+            line, cmd, arg = self._queued.popleft()
+            super().pre_process_command(line, cmd, arg)
+
+    # ------------------------------------------------------------ transfer plumbing
+    def attach_transfer(self, proxy: RemoteTransfer) -> None:
+        self.data_channel = proxy
+        # The transfer is activity: no idle timeout until it ends (_on_dtp_close re-arms it).
+        if self._idler is not None and not self._idler.cancelled:
+            self._idler.cancel()
+
+    def detach_transfer(self) -> None:
+        if isinstance(self.data_channel, RemoteTransfer):
+            if self._closed:
+                self.data_channel = None
+            else:
+                self._on_dtp_close()
+        self.end_deferred()
+
+    def current_transfer(self) -> Transfer | None:
+        channel = self.data_channel
+        return channel.transfer if isinstance(channel, RemoteTransfer) else None
+
+    def take_restart_position(self) -> int:
+        rest, self._restart_position = self._restart_position, 0
+        return int(rest)
+
+    def park_data_socket(self, sock: socket.socket | None) -> None:
+        old, self.parked_socket = self.parked_socket, sock
+        if old is not None and old is not sock:
+            try:
+                old.close()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------ data routes
+    def _make_epasv(self, extmode: bool = False) -> None:
+        passive.make_epasv(self, extmode, super()._make_epasv)
+
+    def _make_eport(self, ip: str, port: int) -> None:
+        passive.make_eport(self, ip, port)
+
+    def ftp_PRET(self, line: str) -> None:
+        passive.pret(self, line)
+
+    def ftp_LIST(self, path: str) -> Any:
+        return passive.listing(self, super().ftp_LIST, path)
+
+    def ftp_NLST(self, path: str) -> Any:
+        return passive.listing(self, super().ftp_NLST, path)
+
+    def ftp_MLSD(self, path: str) -> Any:
+        if not self.fs.isdir(path):
+            self.respond("501 No such directory.")  # RFC 3659 7.2.1
+            return None
+        return passive.listing(self, super().ftp_MLSD, path)
+
+    def ftp_ABOR(self, line: str) -> None:
+        passive.cancel_pending_listen(self)
+        dropped = passive.drop_stored_route(self)
+        if dropped and self._dtp_acceptor is None and self._dtp_connector is None \
+                and self.data_channel is None:
+            self.respond("225 ABOR command successful; data channel closed.")
+            return
+        super().ftp_ABOR(line)
+
+    # ------------------------------------------------------------ transfers
+    def ftp_RETR(self, file: str) -> None:
+        transfers.retr(self, file)
+
+    def ftp_STOR(self, file: str, mode: str = "w") -> None:
+        transfers.stor(self, file, "APPE" if "a" in mode else "STOR")
+
+    def ftp_APPE(self, file: str) -> None:
+        transfers.stor(self, file, "APPE")
+
+    def ftp_STOU(self, line: str) -> None:
+        transfers.stou(self, line)
+
+    def ftp_SIZE(self, path: str) -> None:
+        # The VFS knows the exact size; unlike stock pyftpdlib there is no ASCII
+        # conversion to account for, so SIZE works in either TYPE.
+        entry = self.fs.lookup(path)
+        if entry is None or entry.is_dir:
+            self.respond(f"550 {self.fs.fs2ftp(path)} is not retrievable.")
+        else:
+            self.respond(f"213 {entry.size}")
+
+    # ------------------------------------------------------------ cluster commands
+    def ftp_XCRC(self, line: str) -> None:
+        site.xcrc(self, line)
+
+    def ftp_SITE_SLAVES(self, line: str) -> None:
+        site.site_slaves(self)
+
+    def ftp_SITE_STATUS(self, line: str) -> None:
+        site.site_status(self)
+
+
+def build_handler(config: MasterConfig, cluster: Cluster) -> type[ClusterFTPHandler]:
+    """A handler class configured once from `config`; never mutated afterwards."""
+    section = config.master
+    ports = section.passive_ports
+    attrs: dict[str, Any] = dict(
+        cluster=cluster,
+        authorizer=ClusterAuthorizer(list(config.users)),
+        banner=section.banner,
+        timeout=section.idle_timeout,
+        passive_ports=list(range(ports[0], ports[1] + 1)) if ports else None,
+        masquerade_address=section.masquerade_address or None,
+        permit_foreign_addresses=False,
+        permit_privileged_ports=False,
+    )
+    return type("ConfiguredClusterFTPHandler", (ClusterFTPHandler,), attrs)

@@ -1,0 +1,457 @@
+"""The master's link to the broker, living in pyftpdlib's IOLoop.
+
+Owns the DEALER to the broker and the SUB on the stats feed, registration and liveness
+(MasterHello, heartbeats, re-hello after silence or Disconnect), the table of requests
+in flight (req_id -> callback, swept for timeouts), routing TransferDone to the transfer
+that owns its xfer_id (always answering DoneAck), and the paged inventory merge of a
+slave that (re)joins. It makes no FTP decisions and never blocks the loop.
+
+The zmq FD is edge-triggered: every socket is drained once after registering, on every
+read event, and again (call_later(0), deduplicated) after every send.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import msgspec
+import zmq
+
+from common import messages as m
+from common import wire
+from common import zmqsock
+from common.config import MasterSection
+from master.cluster import SlaveRegistry, SlaveState
+from master.vfs import VirtualFS
+
+log = logging.getLogger(__name__)
+
+SWEEP_S = 0.25
+INVENTORY_PAGE = 1000
+MERGE_RETRY_S = 2.0
+MERGE_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A request got no answer: timeout, undeliverable, slave down or broker lost."""
+
+    reason: str
+
+
+Reply = Any
+"""A SlaveReply (OpResult, Listening, Started, ChecksumResult, InventoryPage) or RequestFailed."""
+Callback = Callable[[Reply], None]
+
+
+class TransferWatcher(Protocol):
+    """The owner of an xfer_id: told the outcome, or that its slave is gone."""
+
+    def on_done(self, msg: m.TransferDone) -> None: ...
+
+    def on_lost(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    slave: str
+    deadline: float
+    callback: Callback
+
+
+@dataclass(slots=True)
+class _Merge:
+    slave: str
+    incarnation: str
+    generation: int
+    scan: int
+    attempts: int
+    adopted: int = 0
+    confirmed: int = 0
+    conflicts: int = 0
+
+
+class _ZmqReader:
+    """Registers a zmq socket's FD in pyftpdlib's IOLoop (the interface asyncore.read needs)."""
+
+    def __init__(self, ioloop: Any, sock: zmq.Socket, on_readable: Callable[[], None]) -> None:
+        self.ioloop = ioloop
+        self.sock = sock
+        self._on_readable = on_readable
+        self._fileno = sock.getsockopt(zmq.FD)
+        self._closed = False
+        ioloop.register(self._fileno, self, ioloop.READ)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        self._on_readable()
+
+    def handle_write_event(self) -> None:  # pragma: no cover - never registered for write
+        pass
+
+    def handle_close(self) -> None:
+        log.warning("zmq fd %s reported an error condition", self._fileno)
+
+    def handle_error(self) -> None:
+        log.exception("error while handling a zmq socket")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.ioloop.unregister(self._fileno)
+            self.sock.close(linger=0)
+
+
+@dataclass
+class LinkCounters:
+    requests: int = 0
+    failed: int = 0
+    bad_frames: int = 0
+    stats: int = 0
+
+
+class BrokerLink:
+    """Master <-> broker: requests to slaves, slave events, stats and inventory merges."""
+
+    extra_fds = 2
+    """Entries this link adds to the IOLoop's socket map (they count against max_cons)."""
+
+    def __init__(self, ioloop: Any, config: MasterSection, registry: SlaveRegistry,
+                 vfs: VirtualFS, ctx: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ioloop = ioloop
+        self.config = config
+        self.registry = registry
+        self.vfs = vfs
+        self.clock = clock
+        self.incarnation = uuid.uuid4().hex
+        self.counters = LinkCounters()
+        self.connected = False
+        self.heartbeat_s = 1.0
+        self.liveness = 5
+        self._ctx = ctx or zmqsock.new_context()
+        self._own_ctx = ctx is None
+        self._dealer: _ZmqReader | None = None
+        self._sub: _ZmqReader | None = None
+        self._next_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._watchers: dict[int, tuple[str, TransferWatcher]] = {}
+        self._merges: dict[str, _Merge] = {}
+        self._hello_pending = True
+        self._last_recv = clock()
+        self._last_send = 0.0
+        self._drain_call: Any = None
+        self._sweeper: Any = None
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint)
+        self._dealer = _ZmqReader(self.ioloop, dealer, self._drain_dealer)
+        sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX)
+        self._sub = _ZmqReader(self.ioloop, sub, self._drain_sub)
+        self._sweeper = self.ioloop.call_every(SWEEP_S, self._tick, _errback=self._tick_error)
+        self._send_hello()
+        self._schedule_drain()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._dealer is not None and self.connected:
+            self._send(m.Bye(reason="master shutting down"))
+        for call in (self._sweeper, self._drain_call):
+            if call is not None and not call.cancelled:
+                call.cancel()
+        for reader in (self._dealer, self._sub):
+            if reader is not None:
+                reader.close()
+        if self._own_ctx:
+            self._ctx.term()
+
+    # ------------------------------------------------------------ public API
+    def new_xfer_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def request(self, slave: str, cmd: m.SlaveCommand, callback: Callback,
+                timeout: float | None = None) -> int:
+        """Send `cmd` (its req_id replaced by a fresh one) to `slave`; `callback` gets exactly
+        one reply or a RequestFailed, never synchronously. Returns the req_id."""
+        req_id = self.new_xfer_id()
+        cmd = msgspec.structs.replace(cmd, req_id=req_id)
+        self.counters.requests += 1
+        if not self._send(m.ToSlave(slave=slave, cmd=cmd)):
+            self.counters.failed += 1
+            self.ioloop.call_later(0, self._safe_call, callback, RequestFailed("broker unreachable"))
+            return req_id
+        wait = self.config.request_timeout if timeout is None else timeout
+        self._pending[req_id] = _Pending(slave, self.clock() + wait, callback)
+        return req_id
+
+    def cancel(self, req_id: int) -> None:
+        """Forget a request: its reply, if any, is dropped."""
+        self._pending.pop(req_id, None)
+
+    def notify(self, slave: str, cmd: m.SlaveCommand) -> None:
+        """Fire-and-forget with logging (Delete, Rename, RemoveDir, Abort)."""
+        self.request(slave, cmd, functools.partial(self._log_outcome, slave, cmd))
+
+    def watch(self, xfer_id: int, slave: str, watcher: TransferWatcher) -> None:
+        self._watchers[xfer_id] = (slave, watcher)
+
+    def unwatch(self, xfer_id: int) -> None:
+        self._watchers.pop(xfer_id, None)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------ sending
+    def _send(self, msg: m.Message) -> bool:
+        if self._dealer is None or self._closed and not isinstance(msg, m.Bye):
+            return False
+        try:
+            self._dealer.sock.send_multipart(wire.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("send to broker failed: %s", exc)
+            return False
+        finally:
+            self._schedule_drain()
+        self._last_send = self.clock()
+        return True
+
+    def _send_hello(self) -> None:
+        self._hello_pending = not self._send(m.MasterHello(incarnation=self.incarnation))
+        self._last_recv = self.clock()
+
+    # ------------------------------------------------------------ receiving
+    def _schedule_drain(self) -> None:
+        if self._closed:
+            return
+        if self._drain_call is None or self._drain_call.cancelled:
+            self._drain_call = self.ioloop.call_later(0, self._drain_all, _errback=self._tick_error)
+
+    def _drain_all(self) -> None:
+        self._drain_call = None
+        self._drain_dealer()
+        self._drain_sub()
+
+    def _drain_dealer(self) -> None:
+        if self._dealer is not None and not self._closed:
+            zmqsock.drain(self._dealer.sock, self._on_frames)
+
+    def _drain_sub(self) -> None:
+        if self._sub is not None and not self._closed:
+            zmqsock.drain(self._sub.sock, self._on_stats_frames)
+
+    def _on_stats_frames(self, frames: list[bytes]) -> None:
+        try:
+            stats = wire.decode_stats(frames)
+        except wire.BadFrame as exc:
+            self.counters.bad_frames += 1
+            log.warning("dropping bad stats frame: %s", exc)
+            return
+        self.counters.stats += 1
+        self.registry.on_stats(stats, self.clock())
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = wire.decode(frames, wire.BROKER_TO_MASTER)
+        except wire.BadFrame as exc:
+            self.counters.bad_frames += 1
+            log.warning("dropping bad frame from broker: %s", exc)
+            return
+        self._last_recv = self.clock()
+        try:
+            self._dispatch(msg)
+        except Exception:
+            log.exception("error handling %s from broker", type(msg).__name__)
+
+    def _dispatch(self, msg: Any) -> None:
+        match msg:
+            case m.FromSlave():
+                self._on_from_slave(msg)
+            case m.Heartbeat():
+                pass
+            case m.SlaveUp():
+                self._on_slave_up(msg)
+            case m.SlaveDown():
+                self._on_slave_down(msg)
+            case m.Undeliverable():
+                pending = self._pending.pop(msg.req_id, None)
+                if pending is not None:
+                    self._safe_call(pending.callback,
+                                    RequestFailed(f"undeliverable to {msg.slave}: {msg.reason}"))
+            case m.Welcome():
+                self.connected = True
+                self.heartbeat_s = max(msg.heartbeat_ms / 1000.0, 0.1)
+                self.liveness = max(msg.liveness, 2)
+                log.info("registered with the broker")
+            case m.Disconnect():
+                log.warning("broker asked us to register again (%s)", msg.reason)
+                self._broker_lost("broker forgot the master")
+                self._send_hello()
+            case _:
+                log.warning("unexpected %s from broker", type(msg).__name__)
+
+    def _on_from_slave(self, wrapped: m.FromSlave) -> None:
+        msg = wrapped.msg
+        if isinstance(msg, m.TransferDone):
+            entry = self._watchers.pop(msg.xfer_id, None)
+            if entry is not None:
+                self._safe_call(entry[1].on_done, msg)
+            else:
+                log.info("TransferDone for unknown transfer %s from %s", msg.xfer_id, wrapped.slave)
+            # Acknowledge even unknown ids, or the slave re-sends the outcome forever.
+            self._send(m.ToSlave(slave=wrapped.slave, cmd=m.DoneAck(xfer_id=msg.xfer_id)))
+            return
+        pending = self._pending.pop(msg.req_id, None)
+        if pending is None:
+            log.debug("late or unknown reply %s req_id=%s from %s", type(msg).__name__,
+                      msg.req_id, wrapped.slave)
+            return
+        self._safe_call(pending.callback, msg)
+
+    # ------------------------------------------------------------ slaves coming and going
+    def _on_slave_up(self, msg: m.SlaveUp) -> None:
+        known = self.registry.slaves.get(msg.name)
+        old_incarnation = known.incarnation if known is not None else None
+        _info, start_merge = self.registry.on_up(msg, self.clock())
+        log.info("slave %s up (incarnation %s)", msg.name, msg.incarnation[:8])
+        if old_incarnation is not None and old_incarnation != msg.incarnation:
+            # Whatever was in flight to the old process died with it.
+            self._fail_slave(msg.name, "slave restarted")
+        if start_merge:
+            self._start_merge(msg.name, msg.incarnation, attempts=0)
+
+    def _on_slave_down(self, msg: m.SlaveDown) -> None:
+        info = self.registry.on_down(msg.name, msg.incarnation)
+        if info is None:
+            return
+        log.warning("slave %s down: %s", msg.name, msg.reason)
+        self._merges.pop(msg.name, None)
+        self._fail_slave(msg.name, f"slave {msg.name} went down")
+
+    def _fail_slave(self, slave: str, reason: str) -> None:
+        for req_id in [r for r, p in self._pending.items() if p.slave == slave]:
+            pending = self._pending.pop(req_id)
+            self._safe_call(pending.callback, RequestFailed(reason))
+        for xfer_id, (owner, watcher) in list(self._watchers.items()):
+            if owner == slave:
+                self._safe_call(watcher.on_lost, reason)
+
+    def _broker_lost(self, reason: str) -> None:
+        self.connected = False
+        names = self.registry.all_offline()
+        if names:
+            log.warning("broker lost (%s): slaves %s unreachable", reason, ", ".join(sorted(names)))
+        self._merges.clear()
+        for req_id in list(self._pending):
+            pending = self._pending.pop(req_id, None)
+            if pending is not None:
+                self._safe_call(pending.callback, RequestFailed(reason))
+        for _xfer_id, (_slave, watcher) in list(self._watchers.items()):
+            self._safe_call(watcher.on_lost, reason)
+
+    # ------------------------------------------------------------ inventory merge
+    def _start_merge(self, slave: str, incarnation: str, attempts: int) -> None:
+        try:
+            generation = self.vfs.begin_merge(slave)
+        except Exception:
+            log.exception("cannot start merging %s", slave)
+            return
+        job = _Merge(slave, incarnation, generation, scan=self.new_xfer_id(), attempts=attempts)
+        self._merges[slave] = job
+        self._request_page(job)
+
+    def _request_page(self, job: _Merge) -> None:
+        cmd = m.InventoryRequest(req_id=0, scan=job.scan, limit=INVENTORY_PAGE)
+        self.request(job.slave, cmd, functools.partial(self._on_page, job))
+
+    def _on_page(self, job: _Merge, reply: Reply) -> None:
+        if self._merges.get(job.slave) is not job:
+            return
+        if not isinstance(reply, m.InventoryPage):
+            del self._merges[job.slave]
+            log.warning("inventory of %s failed: %s", job.slave, reply)
+            info = self.registry.slaves.get(job.slave)
+            if (info is not None and info.incarnation == job.incarnation
+                    and info.state is not SlaveState.OFFLINE and job.attempts < MERGE_MAX_ATTEMPTS):
+                self.ioloop.call_later(MERGE_RETRY_S, self._retry_merge, job)
+            return
+        stats = self.vfs.merge_page(job.slave, job.generation, reply.entries)
+        job.adopted += stats.adopted
+        job.confirmed += stats.confirmed
+        job.conflicts += stats.conflicts
+        if not reply.last:
+            self._request_page(job)
+            return
+        final = self.vfs.finish_merge(job.slave, job.generation)
+        del self._merges[job.slave]
+        self.registry.mark_online(job.slave)
+        log.info("slave %s online: adopted=%d confirmed=%d conflicts=%d dropped=%d", job.slave,
+                 job.adopted, job.confirmed, job.conflicts, final.dropped)
+
+    def _retry_merge(self, job: _Merge) -> None:
+        info = self.registry.slaves.get(job.slave)
+        if (info is None or info.incarnation != job.incarnation or job.slave in self._merges
+                or info.state is SlaveState.OFFLINE or info.merged):
+            return
+        self._start_merge(job.slave, job.incarnation, job.attempts + 1)
+
+    # ------------------------------------------------------------ timers
+    def _tick(self) -> None:
+        # An exception escaping a call_every target cancels the timer for good.
+        try:
+            self._tick_once()
+        except Exception:
+            log.exception("error in the broker link timer")
+
+    def _tick_once(self) -> None:
+        now = self.clock()
+        silent_limit = self.heartbeat_s * self.liveness
+        if self._hello_pending:
+            self._send_hello()
+        elif now - self._last_recv > silent_limit:
+            if self.connected:
+                self._broker_lost("broker silent")
+            log.warning("no word from the broker for %.1f s: saying hello again", now - self._last_recv)
+            self._send_hello()
+        elif self.connected and now - self._last_send >= self.heartbeat_s:
+            self._send(m.Heartbeat())
+        expired = [r for r, p in self._pending.items() if p.deadline <= now]
+        for req_id in expired:
+            pending = self._pending.pop(req_id, None)
+            if pending is not None:
+                self._safe_call(pending.callback, RequestFailed("timeout"))
+
+    def _tick_error(self) -> None:
+        log.exception("error in the broker link timer")
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _safe_call(callback: Callable[[Any], None], arg: Any) -> None:
+        try:
+            callback(arg)
+        except Exception:
+            log.exception("error in a broker-link callback")
+
+    @staticmethod
+    def _log_outcome(slave: str, cmd: m.SlaveCommand, reply: Reply) -> None:
+        if isinstance(reply, m.OpResult) and reply.ok:
+            return
+        log.warning("%s on %s failed: %s", type(cmd).__name__, slave,
+                    reply.error if isinstance(reply, m.OpResult) else reply.reason)

@@ -1,0 +1,320 @@
+"""Data routes: PRET, PASV/EPSV (on a slave or on the master), lazy PORT/EPRT, and the
+master's own data connections for LIST/NLST/MLSD.
+
+Owns the session's pending data route (a stored PORT address, a listener opened on a
+slave after PRET, or the master's own PassiveDTP and the client connection it accepted)
+and hands it to the transfer that consumes it. A PASV/EPSV after PRET RETR/STOR gets its
+227/229 only when the slave answers Listening; the handler queues pipelined commands
+meanwhile. Never moves file bytes itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
+
+from common import messages as m
+
+if TYPE_CHECKING:
+    from master.handler import ClusterFTPHandler
+
+log = logging.getLogger(__name__)
+
+TRANSFER_CMDS = frozenset({"RETR", "STOR", "APPE", "STOU"})
+LISTING_CMDS = frozenset({"LIST", "NLST", "MLSD"})
+
+
+@dataclass(slots=True)
+class Route:
+    """Where the next transfer's data connection comes from."""
+
+    kind: Literal["port", "slave", "relay"]
+    addr: tuple[str, int] | None = None
+    """PORT/EPRT: the client's address, for the slave to connect to."""
+    slave: str | None = None
+    """PRET+PASV: the slave listening for the client."""
+    xfer_id: int | None = None
+
+
+@dataclass(slots=True)
+class SlaveListener:
+    """A Listen sent to (or answered by) a slave for this session's next transfer."""
+
+    slave: str
+    xfer_id: int
+    extmode: bool
+    port: int = 0
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def parse_pret(arg: str) -> tuple[str, str] | str:
+    """PRET's argument -> (command, its argument), or the error reply."""
+    parts = arg.strip().split(" ", 1)
+    cmd = parts[0].upper()
+    if not cmd:
+        return "501 Syntax error: PRET needs a command."
+    if cmd not in TRANSFER_CMDS | LISTING_CMDS:
+        return f"504 PRET not supported for {cmd}."
+    return cmd, parts[1] if len(parts) > 1 else ""
+
+
+def pasv_reply(host: str, port: int, extmode: bool) -> str:
+    if extmode:
+        return f"229 Entering extended passive mode (|||{port}|)."
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return f"227 Entering passive mode ({host.replace('.', ',')},{port // 256},{port % 256})."
+
+
+def foreign_port_refusal(remote_ip: str, ip: str, port: int, permit_foreign: bool,
+                         permit_privileged: bool) -> str:
+    """pyftpdlib's PORT/EPRT checks (RFC 2577 bounce protection), or "" when allowed."""
+    if remote_ip.startswith("::ffff:"):
+        remote_ip = remote_ip[7:]
+    if not permit_foreign and ip != remote_ip:
+        return f"501 Rejected data connection to foreign address {ip}:{port}."
+    if not permit_privileged and port < 1024:
+        return f'501 PORT against the privileged port "{port}" refused.'
+    return ""
+
+
+# ---------------------------------------------------------------- master-side data connections
+
+class LazyActiveDTP(ActiveDTP):
+    """ActiveDTP created only once a listing is queued: no "200" on connect, and no
+    handle_write() after handle_connect(), which would re-arm the fd the DTPHandler now owns."""
+
+    def handle_connect(self) -> None:
+        self.del_channel()
+        if self._idler is not None and not self._idler.cancelled:
+            self._idler.cancel()
+        h = self.cmd_channel
+        if not h.connected:
+            self.close()
+            return
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err)
+        h._dtp_connector = None
+        handler = h.dtp_handler(self.socket, h)
+        h.data_channel = handler
+        h._on_dtp_connection()
+
+    def handle_write(self) -> None:
+        pass
+
+
+class ParkingPassiveDTP(PassiveDTP):
+    """The master's own passive listener. An accepted connection is handed to a waiting
+    listing or relay, or parked until the next command says what it is for."""
+
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
+        h = self.cmd_channel
+        if not h.connected:
+            sock.close()
+            self.close()
+            return
+        if h.remote_ip != addr[0] and not h.permit_foreign_addresses:
+            sock.close()
+            h.respond_w_warning(f"425 Rejected data connection from foreign address {addr[0]}:{addr[1]}.")
+            return  # keep listening: the client may still connect from the right address
+        self.close()
+        if h._dtp_acceptor is self:
+            h._dtp_acceptor = None
+        if h.relay_waiter is not None:
+            waiter, h.relay_waiter = h.relay_waiter, None
+            waiter.set_client(sock)
+        elif h._out_dtp_queue is not None or h._in_dtp_queue is not None:
+            _attach_data_socket(h, sock)
+        else:
+            h.park_data_socket(sock)
+
+    def handle_timeout(self) -> None:
+        h = self.cmd_channel
+        if h.relay_waiter is not None:
+            waiter, h.relay_waiter = h.relay_waiter, None
+            self.close()
+            waiter.client_failed("the client did not open the data connection")
+            return
+        super().handle_timeout()
+
+
+def _attach_data_socket(h: ClusterFTPHandler, sock: socket.socket) -> None:
+    handler = h.dtp_handler(sock, h)
+    if handler.connected:
+        h.data_channel = handler
+        h._on_dtp_connection()
+
+
+# ---------------------------------------------------------------- commands
+
+def pret(h: ClusterFTPHandler, arg: str) -> None:
+    parsed = parse_pret(arg)
+    if isinstance(parsed, str):
+        h.respond(parsed)
+        return
+    h.pret = parsed
+    h.respond(f"200 OK, next: PASV or EPSV for {parsed[0]}.")
+
+
+def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
+    """PASV/EPSV: on the slave chosen for a PRET'd transfer, else on the master (`stock`)."""
+    clear_route(h)
+    pret_cmd = h.pret
+    h.pret = None
+    if pret_cmd is None or pret_cmd[0] not in TRANSFER_CMDS:
+        stock(extmode)
+        return
+    from master.transfers import plan
+
+    kind, arg = pret_cmd
+    path = h.fs.ftp2fs(arg) if arg else h.fs.cwd
+    if arg and not h.fs.validpath(path):
+        h.respond("501 Invalid path.")
+        return
+    slave, why = plan(h, kind, path, h._restart_position)
+    if slave is None:
+        h.respond(why)
+        return
+    info = h.cluster.registry.slaves.get(slave)
+    data_host = info.data_host if info is not None else ""
+    local_ip = h.socket.getsockname()[0]
+    if extmode and data_host != local_ip:
+        # EPSV (RFC 2428) carries no address: the client will connect to the master's.
+        if h.cluster.config.passive_without_pret == "relay":
+            stock(extmode)
+        else:
+            h.respond("425 EPSV cannot reach the storage slave from here: use PASV after PRET, "
+                      "or PORT/EPRT.")
+        return
+    listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode)
+    h.pending_listen = listener
+    h.begin_deferred()
+    cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=_client_ip(h))
+    h.cluster.link.request(slave, cmd, functools.partial(_on_listening, h, listener))
+
+
+def _client_ip(h: ClusterFTPHandler) -> str:
+    ip = str(h.remote_ip)
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+def _on_listening(h: ClusterFTPHandler, listener: SlaveListener, reply: Any) -> None:
+    if h._closed or h.pending_listen is not listener:
+        if isinstance(reply, m.Listening):
+            h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+        return
+    h.pending_listen = None
+    if isinstance(reply, m.Listening):
+        listener.port = reply.port
+        h.slave_listener = listener
+        info = h.cluster.registry.slaves.get(listener.slave)
+        host = info.data_host if info is not None else h.socket.getsockname()[0]
+        h.respond(pasv_reply(host, reply.port, listener.extmode))
+    else:
+        reason = reply.error if isinstance(reply, m.OpResult) else getattr(reply, "reason", "?")
+        h.respond(f"425 Can't open passive connection on the storage slave: {reason}.")
+    h.end_deferred()
+
+
+def cancel_pending_listen(h: ClusterFTPHandler) -> None:
+    """ABOR while a PASV waits for its slave: PASV still gets its (negative) reply."""
+    listener = h.pending_listen
+    if listener is None:
+        return
+    h.pending_listen = None
+    h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+    h.respond("425 Passive mode cancelled by ABOR.")
+    h.end_deferred()
+
+
+def make_eport(h: ClusterFTPHandler, ip: str, port: int) -> None:
+    """PORT/EPRT: keep pyftpdlib's checks, but only store the address (RETR/STOR give it to
+    the slave; a listing connects lazily)."""
+    refusal = foreign_port_refusal(str(h.remote_ip), ip, port, h.permit_foreign_addresses,
+                                   h.permit_privileged_ports)
+    if refusal:
+        h.respond_w_warning(refusal)
+        return
+    clear_route(h)
+    h.port_addr = (ip, port)
+    h.respond("200 PORT command successful.")
+
+
+def drop_stored_route(h: ClusterFTPHandler) -> bool:
+    """Forget a stored PORT address, slave listener or parked connection (ABOR); True if any."""
+    dropped = h.port_addr is not None or h.slave_listener is not None or h.parked_socket is not None
+    h.port_addr = None
+    listener, h.slave_listener = h.slave_listener, None
+    if listener is not None:
+        h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+    h.park_data_socket(None)
+    return dropped
+
+
+def clear_route(h: ClusterFTPHandler) -> None:
+    """Forget every pending data route (a new PORT/PASV replaces the previous one)."""
+    h._shutdown_connecting_dtp()
+    if h.data_channel is not None:
+        h.data_channel.close()
+        h.data_channel = None
+    drop_stored_route(h)
+
+
+def take_route(h: ClusterFTPHandler) -> Route | str:
+    """Consume the session's data route for RETR/STOR/APPE/STOU, or the reply if none."""
+    if h.slave_listener is not None:
+        listener, h.slave_listener = h.slave_listener, None
+        return Route("slave", slave=listener.slave, xfer_id=listener.xfer_id)
+    if h.port_addr is not None:
+        addr, h.port_addr = h.port_addr, None
+        return Route("port", addr=addr)
+    if h.parked_socket is not None or h._dtp_acceptor is not None:
+        return Route("relay")
+    if h.data_channel is not None:
+        return "425 A data transfer is already in progress."
+    return "425 Use PORT/EPRT or PASV/EPSV first."
+
+
+def release_route(h: ClusterFTPHandler, route: Route) -> None:
+    """A route taken but not used (the command failed): let its listener or socket go."""
+    if route.kind == "slave" and route.slave is not None and route.xfer_id is not None:
+        h.cluster.link.notify(route.slave, m.Abort(req_id=0, xfer_id=route.xfer_id))
+    elif route.kind == "relay":
+        h._shutdown_connecting_dtp()
+        h.park_data_socket(None)
+
+
+def listing(h: ClusterFTPHandler, stock: Any, path: str) -> Any:
+    """LIST/NLST/MLSD over the master's own data connection."""
+    if h.slave_listener is not None:
+        clear_route(h)
+        h.respond("425 The data connection was prepared on a storage slave; send PASV/EPSV "
+                  "without PRET (or PRET LIST) for listings.")
+        return None
+    if h.port_addr is None and h.parked_socket is None and h._dtp_acceptor is None \
+            and h.data_channel is None:
+        h.respond("425 Use PORT/EPRT or PASV/EPSV first.")
+        return None
+    result = stock(path)
+    if h._out_dtp_queue is None:
+        return result  # refused (550/501): keep the route for the next command
+    if h.port_addr is not None:
+        ip, port = h.port_addr
+        h.port_addr = None
+        if not h.server._accept_new_cons():
+            h._out_dtp_queue = None
+            h.respond("425 Too many connections. Can't open data channel.")
+            return None
+        h._dtp_connector = LazyActiveDTP(ip, port, h)
+    elif h.parked_socket is not None:
+        sock = h.parked_socket
+        h.parked_socket = None
+        _attach_data_socket(h, sock)
+    return result

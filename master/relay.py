@@ -1,0 +1,264 @@
+"""Relayed transfers: PASV/EPSV without PRET, where the client's data connection ends at
+the master and the master copies the bytes to or from the slave.
+
+Owns one worker thread per relayed transfer (blocking sockets, large buffers) and the
+Waker that brings completions back to the IOLoop: pyftpdlib's scheduler is not thread-safe
+and its loop has no wake-up of its own, so threads never touch the loop directly.
+The FTP replies stay with master.transfers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from master.handler import ClusterFTPHandler
+
+log = logging.getLogger(__name__)
+
+BUFFER_BYTES = 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class Waker:
+    """A self-pipe registered in the IOLoop: `post(fn, *args)` from any thread (or a signal
+    handler) runs fn(*args) in the loop thread soon after."""
+
+    def __init__(self, ioloop: Any) -> None:
+        self.ioloop = ioloop
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._fileno = self._r
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._closed = False
+        ioloop.register(self._r, self, ioloop.READ)
+
+    @property
+    def write_fd(self) -> int:
+        return self._w
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        self._queue.put((fn, args))
+        try:
+            os.write(self._w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full or closed: a wake-up is already pending
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        self.run_pending()
+
+    def run_pending(self) -> None:
+        while True:
+            try:
+                fn, args = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("error in a callback posted to the loop")
+
+    def handle_write_event(self) -> None:  # pragma: no cover - never registered for write
+        pass
+
+    def handle_close(self) -> None:
+        pass
+
+    def handle_error(self) -> None:
+        log.exception("error in the loop waker")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.ioloop.unregister(self._r)
+            os.close(self._r)
+            os.close(self._w)
+
+
+class RelayCounter:
+    """Bytes relayed by this master since it started (SITE STATUS)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+        self.active = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._total += n
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total
+
+
+def local_address_toward(host: str) -> str:
+    """The master's source address for connections to `host` (no packet is sent)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((host, 9))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+class Relay:
+    """Copies one transfer's bytes between the client's data socket (accepted by the master)
+    and the slave's listener. Starts once both the client socket and the slave's Started are
+    there; reports (ok, error) once, in the loop thread."""
+
+    def __init__(self, waker: Waker, counter: RelayCounter, upload: bool, source_ip: str,
+                 data_timeout: float) -> None:
+        self.waker = waker
+        self.counter = counter
+        self.upload = upload
+        self.source_ip = source_ip
+        self.data_timeout = data_timeout
+        self.bytes = 0
+        self._client: socket.socket | None = None
+        self._slave_sock: socket.socket | None = None
+        self._slave_addr: tuple[str, int] | None = None
+        self._on_finished: Callable[[bool, str], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._aborted = False
+        self._result: tuple[bool, str] | None = None
+
+    @classmethod
+    def for_session(cls, h: ClusterFTPHandler, slave: str, upload: bool) -> Relay:
+        info = h.cluster.registry.slaves.get(slave)
+        source_ip = local_address_toward(info.data_host if info is not None else "127.0.0.1")
+        relay = cls(h.cluster.waker, h.cluster.relayed, upload, source_ip,
+                    float(h.cluster.data_timeout))
+        if h.parked_socket is not None:
+            sock, h.parked_socket = h.parked_socket, None
+            relay.set_client(sock)
+        else:
+            h.relay_waiter = relay
+        return relay
+
+    # -- called in the loop thread
+    def set_client(self, sock: socket.socket) -> None:
+        if self._aborted:
+            _close(sock)
+            return
+        self._client = sock
+        self._maybe_run()
+
+    def client_failed(self, reason: str) -> None:
+        self._finish(False, reason)
+
+    def set_slave_address(self, addr: tuple[str, int]) -> None:
+        self._slave_addr = addr
+
+    def slave_started(self, on_finished: Callable[[bool, str], None]) -> None:
+        self._on_finished = on_finished
+        if self._result is not None:
+            on_finished(*self._result)
+        else:
+            self._maybe_run()
+
+    @property
+    def running(self) -> bool:
+        """The copy thread runs (or ran) and has not reported yet."""
+        return self._thread is not None and self._result is None
+
+    def abort(self) -> None:
+        self._aborted = True
+        for sock in (self._client, self._slave_sock):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._thread is None and self._client is not None:
+            _close(self._client)
+            self._client = None
+
+    def _maybe_run(self) -> None:
+        if (self._thread is not None or self._client is None or self._on_finished is None
+                or self._result is not None or self._slave_addr is None):
+            return
+        self.counter.active += 1
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+
+    def _finish(self, ok: bool, error: str) -> None:
+        if self._result is not None:
+            return
+        self._result = (ok, error)
+        if self._thread is not None:
+            self.counter.active -= 1
+        if self._on_finished is not None:
+            self._on_finished(ok, error)
+
+    # -- worker thread
+    def _run(self) -> None:
+        client = self._client
+        assert client is not None and self._slave_addr is not None
+        ok, error = False, ""
+        try:
+            slave = socket.create_connection(self._slave_addr, timeout=CONNECT_TIMEOUT_S,
+                                             source_address=(self.source_ip, 0))
+            self._slave_sock = slave
+            if self._aborted:
+                raise OSError("aborted")
+            for sock in (client, slave):
+                sock.setblocking(True)
+                sock.settimeout(self.data_timeout)
+                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+                    except OSError:
+                        pass
+            src, dst = (client, slave) if self.upload else (slave, client)
+            self._copy(src, dst)
+            ok = not self._aborted
+            error = "" if ok else "aborted"
+        except OSError as exc:
+            error = "aborted" if self._aborted else (exc.strerror or str(exc))
+        finally:
+            _close(client)
+            if self._slave_sock is not None:
+                _close(self._slave_sock)
+        self.waker.post(self._finish, ok, error)
+
+    def _copy(self, src: socket.socket, dst: socket.socket) -> None:
+        buf = bytearray(BUFFER_BYTES)
+        view = memoryview(buf)
+        while True:
+            n = src.recv_into(buf)
+            if n == 0:
+                break
+            dst.sendall(view[:n])
+            self.bytes += n
+            self.counter.add(n)
+        # Half-close so the receiver sees end-of-file (RFC 959 stream mode ends with EOF).
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass

@@ -1,0 +1,111 @@
+"""The master process: config, logging, the demo-password guard, the VFS, the broker link
+and a single-process pyftpdlib FTPServer sharing one IOLoop; SIGTERM/SIGINT stop it cleanly.
+
+Owns start-up and shutdown order only; sessions, transfers and the link live elsewhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.servers import FTPServer
+
+from common import log as common_log
+from common.config import MasterConfig, UserEntry, load
+from master.cluster import SlaveRegistry
+from master.handler import Cluster, build_handler
+from master.link import BrokerLink
+from master.relay import RelayCounter, Waker
+from master.users import verify_password
+from master.vfs import VirtualFS
+
+log = logging.getLogger("master")
+
+DEMO_PASSWORD = "demo"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def demo_password_refusal(host: str, users: list[UserEntry], allowed: bool) -> str:
+    """The one-line reason to refuse starting, or "" (a "demo" password only on loopback)."""
+    if allowed or is_loopback(host):
+        return ""
+    weak = [u.name for u in users if verify_password(DEMO_PASSWORD, u.password_hash)]
+    if not weak:
+        return ""
+    return (f"ftpcluster master: refusing to listen on {host or '*'}: user(s) {', '.join(weak)} "
+            "still have the password \"demo\" (change it, or set "
+            "allow_demo_password_off_loopback = true)")
+
+
+def run(config_path: str) -> int:
+    config = load(config_path, MasterConfig)
+    common_log.setup("master", config.log.level)
+    section = config.master
+    refusal = demo_password_refusal(section.listen_host, list(config.users),
+                                    section.allow_demo_password_off_loopback)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
+
+    state_dir = Path(section.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    vfs = VirtualFS(str(state_dir / "vfs.sqlite3"))
+    ioloop = IOLoop()
+    registry = SlaveRegistry()
+    link = BrokerLink(ioloop, section, registry, vfs)
+    waker = Waker(ioloop)
+    cluster = Cluster(config=section, vfs=vfs, registry=registry, link=link, ioloop=ioloop,
+                      waker=waker, relayed=RelayCounter())
+    handler = build_handler(config, cluster)
+    try:
+        server = FTPServer((section.listen_host, section.listen_port), handler, ioloop=ioloop)
+    except OSError as exc:
+        print(f"ftpcluster master: cannot listen on {section.listen_host}:{section.listen_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        waker.close()
+        vfs.close()
+        return 2
+    # The link's sockets and the waker sit in the same socket map that max_cons counts.
+    server.max_cons = section.max_connections + link.extra_fds + 1
+    server.max_cons_per_ip = section.max_connections_per_ip
+    link.start()
+
+    stopping: list[int] = []
+
+    def shutdown() -> None:
+        link.close()  # says Bye while the socket is still open
+        server.close_all()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        # Runs between bytecodes of the loop thread: only note it and wake the loop.
+        if not stopping:
+            stopping.append(signum)
+            waker.post(shutdown)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("master listening on %s:%s (broker %s)", *server.address, section.broker_endpoint)
+    try:
+        server.serve_forever(handle_exit=True)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        link.close()
+        waker.close()
+        server.close_all()
+        vfs.close()
+    log.info("master stopped%s", f" (signal {stopping[0]})" if stopping else "")
+    return 0

@@ -1,0 +1,147 @@
+"""Commands answered from cluster state: SITE SLAVES and SITE STATUS (admins only), and
+XCRC (whole-file CRC from the VFS, or a range computed by a slave that holds the file).
+
+Owns the text of those replies (plain functions over the registry and counters); the
+handler only routes the commands here. No sockets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from common import messages as m
+from master.cluster import SlaveInfo, SlaveState
+
+if TYPE_CHECKING:
+    from master.handler import ClusterFTPHandler
+
+
+def is_admin(authorizer: Any, username: str) -> bool:
+    """Admins may run SITE SLAVES/STATUS: the authorizer's is_admin(), else the "S" perm."""
+    check = getattr(authorizer, "is_admin", None)
+    if callable(check):
+        return bool(check(username))
+    try:
+        return "S" in authorizer.get_perms(username)
+    except (KeyError, AttributeError):
+        return False
+
+
+def slave_lines(slaves: Iterable[SlaveInfo]) -> list[str]:
+    """One line per slave: ` <name> <state> free=<bytes> total=<bytes> active=<n>`."""
+    lines = []
+    for info in sorted(slaves, key=lambda s: s.name):
+        stats = info.stats
+        free = stats.disk_free if stats is not None else info.disk_free
+        total = stats.disk_total if stats is not None else info.disk_total
+        lines.append(f" {info.name} {info.state.value} free={free} total={total} "
+                     f"active={info.dispatched}")
+    return lines
+
+
+def status_lines(relayed_bytes: int, sessions: int, slaves: Iterable[SlaveInfo]) -> list[str]:
+    online = sum(1 for s in slaves if s.state is SlaveState.ONLINE)
+    return [f" relayed_bytes={relayed_bytes}", f" sessions={sessions}", f" slaves_online={online}"]
+
+
+def parse_xcrc(arg: str) -> tuple[str, int, int | None] | str:
+    """`XCRC path [start [end]]` -> (path, start, end), or the error reply. A path may
+    contain spaces; trailing integers are the range."""
+    text = arg.strip()
+    if text.startswith('"') and '"' in text[1:]:
+        close = text.index('"', 1)
+        path, numbers = text[1:close], text[close + 1:].split()
+    else:
+        words = text.split(" ")
+        numbers = []
+        while len(words) > 1 and len(numbers) < 2 and words[-1].isdigit():
+            numbers.insert(0, words.pop())
+        path = " ".join(words)
+    if not path:
+        return "501 Syntax error: XCRC needs a path."
+    try:
+        values = [int(n) for n in numbers]
+    except ValueError:
+        return "501 Syntax error: XCRC start and end must be integers."
+    if len(values) > 2 or any(v < 0 for v in values):
+        return "501 Syntax error: XCRC path [start [end]]."
+    start = values[0] if values else 0
+    end = values[1] if len(values) > 1 else None
+    if end is not None and end < start:
+        return "501 XCRC end is before start."
+    return path, start, end
+
+
+def crc_reply(crc32: int) -> str:
+    return f"250 {crc32 & 0xFFFFFFFF:08X}"
+
+
+# ---------------------------------------------------------------- commands
+
+def site_slaves(h: ClusterFTPHandler) -> None:
+    if not is_admin(h.authorizer, h.username):
+        h.respond("550 Not enough privileges.")
+        return
+    lines = slave_lines(h.cluster.registry.slaves.values())
+    h.push("200-Slaves:\r\n" + "".join(f"{line}\r\n" for line in lines))
+    h.respond(f"200 {len(lines)} slaves")
+
+
+def site_status(h: ClusterFTPHandler) -> None:
+    if not is_admin(h.authorizer, h.username):
+        h.respond("550 Not enough privileges.")
+        return
+    cluster = h.cluster
+    lines = status_lines(cluster.relayed.total, len(cluster.sessions), cluster.registry.slaves.values())
+    h.push("200-Cluster status:\r\n" + "".join(f"{line}\r\n" for line in lines))
+    h.respond("200 End of status.")
+
+
+def xcrc(h: ClusterFTPHandler, arg: str) -> None:
+    parsed = parse_xcrc(arg)
+    if isinstance(parsed, str):
+        h.respond(parsed)
+        return
+    raw, start, end = parsed
+    path = h.fs.ftp2fs(raw)
+    if not h.fs.validpath(path):
+        h.respond("501 Invalid path.")
+        return
+    if not h.authorizer.has_perm(h.username, "r", path):
+        h.respond("550 Not enough privileges.")
+        return
+    entry = h.fs.lookup(path)
+    if entry is None or entry.is_dir:
+        h.respond("550 No such file or directory.")
+        return
+    if end is not None and end > entry.size or start > entry.size:
+        # RFC 1123-style 554: the range cannot be positioned within the file.
+        h.respond(f"554 Range beyond the end of the file ({entry.size} bytes).")
+        return
+    whole = start == 0 and (end is None or end == entry.size)
+    if whole and entry.crc32 is not None:
+        h.respond(crc_reply(entry.crc32))
+        return
+    from master.transfers import pick_download
+
+    slave, why = pick_download(h.cluster, entry, h.cluster.clock())
+    if slave is None:
+        h.respond(why)
+        return
+    token = object()
+    h.pending_checksum = token
+    h.begin_deferred()
+
+    def on_reply(reply: Any) -> None:
+        if h._closed or h.pending_checksum is not token:
+            return
+        h.pending_checksum = None
+        if isinstance(reply, m.ChecksumResult):
+            h.respond(crc_reply(reply.crc32))
+        elif isinstance(reply, m.OpResult):
+            h.respond(f"550 Checksum failed: {reply.error or 'error on the slave'}.")
+        else:
+            h.respond(f"451 Checksum not available: {getattr(reply, 'reason', 'no answer')}.")
+        h.end_deferred()
+
+    h.cluster.link.request(slave, m.Checksum(req_id=0, path=path, start=start, end=end), on_reply)

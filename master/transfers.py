@@ -1,0 +1,478 @@
+"""RETR / STOR / APPE / STOU dispatched to slaves, and the proxy that stands in for
+pyftpdlib's data channel while a slave moves the bytes.
+
+Owns: which slave serves a transfer (plain functions over the registry), the reply for
+every outcome, the Transfer object (one per dispatched command; it outlives its session
+so that an upload's outcome is recorded even after the client left) and RemoteTransfer
+(the `data_channel` stand-in that STAT, ABOR, QUIT and close() talk to). Data routes
+(PORT, PRET+PASV, relay) are resolved by master.passive; byte copying by master.relay.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as errno_mod
+import logging
+import posixpath
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from common import messages as m
+from master.link import RequestFailed
+from master.placement import choose_download_slave, choose_upload_slave
+from master.vfs import Entry
+
+if TYPE_CHECKING:
+    from master.handler import Cluster, ClusterFTPHandler
+    from master.passive import Route
+    from master.relay import Relay
+
+log = logging.getLogger(__name__)
+
+UPLOADS = frozenset({"STOR", "APPE", "STOU"})
+LATE_DONE_GRACE_S = 120.0
+"""How long an upload whose slave became unreachable still waits for its TransferDone
+(the slave re-sends it once the broker is back), so the bytes are recorded."""
+
+_DATA_CONN_ERRNOS = frozenset({errno_mod.ECONNREFUSED, errno_mod.ETIMEDOUT, errno_mod.ECONNRESET,
+                               errno_mod.EPIPE, errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH,
+                               errno_mod.ECONNABORTED})
+
+
+# ---------------------------------------------------------------- pure decisions
+
+def pick_download(cluster: Cluster, entry: Entry, now: float) -> tuple[str | None, str]:
+    """Slave to serve `entry`, or None and the reply explaining why."""
+    online = cluster.registry.download_candidates(entry.slaves, now)
+    if not online:
+        return None, "450 file unavailable: its slave is offline."
+    slave = choose_download_slave(online)
+    if slave is None:
+        # RFC 959 450: requested file action not taken, file unavailable (busy).
+        return None, "450 file unavailable: its slaves are too busy, try again later."
+    return slave, ""
+
+
+def pick_upload(cluster: Cluster, entry: Entry | None, must_hold: bool,
+                now: float) -> tuple[str | None, str]:
+    """Slave to receive an upload. `must_hold`: REST+STOR or APPE onto an existing file,
+    which only a current holder can continue."""
+    candidates = cluster.registry.upload_candidates(now)
+    holders = entry.slaves if entry is not None else frozenset()
+    if must_hold:
+        candidates = [c for c in candidates if c.name in holders]
+        if not candidates:
+            return None, "450 file unavailable: its slave is offline."
+    if not candidates:
+        return None, "450 no storage slave is online, try again later."
+    slave = choose_upload_slave(candidates, prefer=frozenset(holders))
+    if slave is None:
+        # RFC 959 452: insufficient storage space (or no free transfer slot).
+        return None, "452 no storage slave has room for this upload right now."
+    return slave, ""
+
+
+def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) -> str:
+    """Reply refusing an upload to `path`, or "" if it may go ahead."""
+    if path == "/" or (entry is not None and entry.is_dir):
+        return "550 Is a directory."
+    if parent is None or not parent.is_dir:
+        return "550 No such file or directory."
+    return ""
+
+
+def failure_reply(error: str, errno: int, bytes_moved: int, aborted: bool) -> str:
+    """The final reply for a transfer that did not complete."""
+    text = f": {error}" if error else ""
+    if aborted:
+        return f"426 Transfer aborted; {bytes_moved} bytes transmitted."
+    if errno in (errno_mod.ENOSPC, errno_mod.EDQUOT):
+        return "452 Insufficient storage space on the slave."
+    if errno in _DATA_CONN_ERRNOS:
+        if bytes_moved == 0:
+            return f"425 Can't open data connection{text}."
+        return f"426 Connection closed; transfer aborted{text}."
+    if errno == errno_mod.ENOENT:
+        return "550 No such file or directory."
+    return f"451 Requested action aborted: local error in processing{text}."
+
+
+def done_reply(msg: m.TransferDone) -> str:
+    crc = f", CRC32 {msg.crc32:08X}" if msg.crc32 is not None else ""
+    return f"226 Transfer complete: {msg.bytes} bytes{crc}."
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+# ---------------------------------------------------------------- the data_channel stand-in
+
+class RemoteTransfer:
+    """What pyftpdlib's FTPHandler sees in `data_channel` while a slave (or the relay) moves
+    the bytes: STAT reads the counters, ABOR and close() call close()."""
+
+    socket = None
+    file_obj = None
+
+    def __init__(self, transfer: Transfer) -> None:
+        self.transfer = transfer
+        self.receive = transfer.kind in UPLOADS
+        self.cmd = transfer.kind
+
+    def transfer_in_progress(self) -> bool:
+        return True
+
+    def get_elapsed_time(self) -> float:
+        return time.monotonic() - self.transfer.created
+
+    @property
+    def tot_bytes_sent(self) -> int:
+        return 0 if self.receive else self.transfer.progress()
+
+    @property
+    def tot_bytes_received(self) -> int:
+        return self.transfer.progress() if self.receive else 0
+
+    def get_transmitted_bytes(self) -> int:
+        return self.transfer.progress()
+
+    def use_sendfile(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.transfer.abort_from_session()
+
+
+# ---------------------------------------------------------------- one dispatched transfer
+
+class State(enum.Enum):
+    PREPARING = "preparing"
+    """Listen (relay) or StartSend/StartReceive sent, no Started yet."""
+    STARTED = "started"
+    DONE = "done"
+
+
+class Transfer:
+    """RETR/STOR/APPE/STOU on one slave. Watches its xfer_id on the link; replies to its
+    session while attached; records uploads whether or not the session is still there."""
+
+    def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
+                 xfer_id: int, offset: int = 0, relay: Relay | None = None) -> None:
+        self.session: ClusterFTPHandler | None = session
+        self.cluster: Cluster = session.cluster
+        self.kind = kind
+        self.path = path
+        self.slave = slave
+        self.xfer_id = xfer_id
+        self.offset = offset
+        self.relay = relay
+        self.owner = session.username or "ftpcluster"
+        self.created = time.monotonic()
+        self.state = State.PREPARING
+        self._counted = False
+        self._done: m.TransferDone | None = None
+        self._relay_result: tuple[bool, str] | None = None
+        self._replied = False
+
+    @property
+    def is_upload(self) -> bool:
+        return self.kind in UPLOADS
+
+    def progress(self) -> int:
+        return self.relay.bytes if self.relay is not None else 0
+
+    # -- start
+    def start(self, connect_to: tuple[str, int] | None) -> None:
+        cluster = self.cluster
+        cluster.registry.transfer_started(self.slave)
+        self._counted = True
+        cluster.link.watch(self.xfer_id, self.slave, self)
+        assert self.session is not None
+        self.session.attach_transfer(RemoteTransfer(self))
+        if self.relay is not None:
+            listen = m.Listen(req_id=0, xfer_id=self.xfer_id, allowed_ip=self.relay.source_ip)
+            cluster.link.request(self.slave, listen, self._on_listening)
+        else:
+            self._send_start(connect_to)
+
+    def _on_listening(self, reply: Any) -> None:
+        if self.state is not State.PREPARING:
+            return
+        if not isinstance(reply, m.Listening):
+            self._fail_before_start(reply)
+            return
+        assert self.relay is not None
+        info = self.cluster.registry.slaves.get(self.slave)
+        host = info.data_host if info is not None else "127.0.0.1"
+        self.relay.set_slave_address((host, reply.port))
+        if self.session is None:  # aborted while the listener was being opened
+            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+            self._finish_count()
+            self.cluster.link.unwatch(self.xfer_id)
+            self.state = State.DONE
+            return
+        self._send_start(None)
+
+    def _send_start(self, connect_to: tuple[str, int] | None) -> None:
+        cmd: m.SlaveCommand
+        if self.is_upload:
+            cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
+                                 append=self.kind == "APPE", connect_to=connect_to)
+        else:
+            cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
+                              connect_to=connect_to)
+        self.cluster.link.request(self.slave, cmd, self._on_started)
+
+    def _on_started(self, reply: Any) -> None:
+        if self.state is not State.PREPARING:
+            return
+        if not isinstance(reply, m.Started):
+            self._fail_before_start(reply)
+            return
+        self.state = State.STARTED
+        session = self._live_session()
+        if session is not None:
+            if self.kind == "STOU":
+                session.respond(f"150 FILE: {posixpath.basename(self.path)}")
+            else:
+                session.respond("150 File status okay. About to open data connection.")
+            session.end_deferred()
+        if self.relay is not None:
+            self.relay.slave_started(self._on_relay_finished)
+
+    def _fail_before_start(self, reply: Any) -> None:
+        self.state = State.DONE
+        self.cluster.link.unwatch(self.xfer_id)
+        self._finish_count()
+        if isinstance(reply, RequestFailed):
+            if reply.reason == "timeout":
+                # The slave may still act on the command: make sure it lets go.
+                self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+            text = f"451 Requested action aborted: storage slave unavailable ({reply.reason})."
+        elif isinstance(reply, m.OpResult):
+            text = failure_reply(reply.error, reply.errno, 0, aborted=False)
+        else:
+            text = f"451 Requested action aborted: unexpected {type(reply).__name__} from slave."
+        if self.relay is not None:
+            self.relay.abort()
+        self._reply(text)
+
+    # -- outcome
+    def on_done(self, msg: m.TransferDone) -> None:
+        if self._done is not None:
+            return
+        self._done = msg
+        self._finish_count()
+        if self.is_upload:
+            self._record_upload(msg)
+        if self.state is State.DONE:  # lost earlier: the late outcome was only worth recording
+            return
+        self.state = State.DONE
+        if self.relay is not None and self.relay.running and self.session is not None:
+            return  # the client has not seen every byte yet: reply when the relay ends
+        self._reply_outcome()
+
+    def _on_relay_finished(self, ok: bool, error: str) -> None:
+        self._relay_result = (ok, error)
+        if not ok and self._done is None:
+            # The client side failed first: stop the slave; its TransferDone will follow.
+            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+        if self._done is not None:
+            self._reply_outcome()
+
+    def _reply_outcome(self) -> None:
+        msg = self._done
+        assert msg is not None
+        relay_ok, relay_error = self._relay_result or (True, "")
+        if msg.ok and relay_ok:
+            text = done_reply(msg)
+        elif msg.ok:
+            text = f"426 Connection closed; transfer aborted: {relay_error}."
+        else:
+            text = failure_reply(msg.error, msg.errno, msg.bytes, msg.aborted)
+        session = self._live_session()
+        if session is not None:
+            session.log_transfer(cmd=self.kind, filename=self.path, receive=self.is_upload,
+                                 completed=msg.ok, elapsed=round(time.monotonic() - self.created, 3),
+                                 bytes=msg.bytes)
+            if msg.ok and relay_ok:
+                (session.on_file_received if self.is_upload else session.on_file_sent)(self.path)
+        self._reply(text)
+
+    def on_lost(self, reason: str) -> None:
+        if self.state is State.DONE:
+            return
+        self.state = State.DONE
+        self._finish_count()
+        if self.relay is not None:
+            self.relay.abort()
+        if self.is_upload:
+            # Keep listening a while: a TransferDone re-sent after a broker restart is recorded.
+            self.cluster.ioloop.call_later(LATE_DONE_GRACE_S, self.cluster.link.unwatch, self.xfer_id)
+        else:
+            self.cluster.link.unwatch(self.xfer_id)
+        self._reply(f"426 Connection closed; transfer aborted: {reason}.")
+
+    def abort_from_session(self) -> None:
+        """ABOR, a new PORT/PASV, or the session closing: the session replies itself."""
+        session, self.session = self.session, None
+        if self.state is not State.DONE:
+            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+            if self.relay is not None:
+                self.relay.abort()
+        if session is not None:
+            session.detach_transfer()
+
+    # -- helpers
+    def _live_session(self) -> ClusterFTPHandler | None:
+        session = self.session
+        if session is None or session._closed or session.current_transfer() is not self:
+            return None
+        return session
+
+    def _reply(self, text: str) -> None:
+        session = self._live_session()
+        self.session = None
+        if session is None or self._replied:
+            return
+        self._replied = True
+        session.respond(text)
+        session.log_cmd(self.kind, self.path, int(text[:3]), text[4:])
+        session.detach_transfer()
+
+    def _finish_count(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.cluster.registry.transfer_finished(self.slave)
+
+    def _record_upload(self, msg: m.TransferDone) -> None:
+        vfs = self.cluster.vfs
+        if not msg.ok and msg.bytes == 0:
+            entry = vfs.lookup(self.path)
+            if self.offset == 0 and self.kind != "APPE" and (entry is None or self.slave not in entry.slaves):
+                # Nothing arrived and the slave held no earlier copy: drop its empty file.
+                self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
+            return
+        mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
+        try:
+            _entry, stale = vfs.record_upload(self.path, self.slave, msg.size, msg.crc32, mtime,
+                                              self.owner, "ftpcluster")
+        except OSError as exc:
+            log.warning("upload of %s on %s not recorded (%s): deleting it", self.path, self.slave, exc)
+            self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
+            if msg.ok:
+                self._done = m.TransferDone(xfer_id=msg.xfer_id, ok=False, bytes=msg.bytes, size=msg.size,
+                                            error=exc.strerror or "cannot record", errno=0)
+            return
+        for other in sorted(stale):
+            self.cluster.link.notify(other, m.Delete(req_id=0, path=self.path))
+
+
+# ---------------------------------------------------------------- the commands
+
+def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int) -> tuple[str | None, str]:
+    """Slave for `kind` on `path` (at PRET time or when the command arrives), or the reply."""
+    now = h.cluster.clock()
+    entry = h.fs.lookup(path)
+    if kind == "RETR":
+        if entry is None or entry.is_dir:
+            return None, "550 No such file or directory."
+        return pick_download(h.cluster, entry, now)
+    if kind == "STOU":
+        entry = None
+    must_hold = entry is not None and (offset > 0 or kind == "APPE")
+    return pick_upload(h.cluster, entry, must_hold, now)
+
+
+def retr(h: ClusterFTPHandler, path: str) -> None:
+    rest = h.take_restart_position()
+    entry = h.fs.lookup(path)
+    if entry is None or entry.is_dir:
+        h.respond("550 No such file or directory.")
+        return
+    if rest > entry.size:
+        # RFC 1123 4.1.3.4: 554 when the file cannot be repositioned as REST asked.
+        h.respond(f"554 REST position ({rest}) > file size ({entry.size}).")
+        return
+    _dispatch(h, "RETR", path, rest, entry)
+
+
+def stor(h: ClusterFTPHandler, path: str, kind: str = "STOR") -> None:
+    rest = h.take_restart_position()
+    if kind == "APPE" and rest:
+        h.respond("450 Can't APPE while REST request is pending.")
+        return
+    entry = h.fs.lookup(path)
+    parent = h.fs.lookup(posixpath.dirname(path) or "/")
+    refusal = check_upload_target(entry, parent, path)
+    if not refusal and rest:
+        if entry is None:
+            refusal = "550 No such file or directory."
+        elif rest > entry.size:
+            refusal = f"554 REST position ({rest}) > file size ({entry.size})."
+    if refusal:
+        h.respond(refusal)
+        return
+    _dispatch(h, kind, path, rest, entry)
+
+
+def stou(h: ClusterFTPHandler, arg: str) -> None:
+    if h._restart_position:
+        h.respond("450 Can't STOU while REST request is pending.")
+        return
+    if arg:
+        base = h.fs.ftp2fs(arg)
+        directory, prefix = posixpath.dirname(base), posixpath.basename(base) + "."
+    else:
+        directory, prefix = h.fs.cwd, "ftpd."
+    for _ in range(10):
+        path = posixpath.join(directory, unique_name(prefix))
+        if h.fs.lookup(path) is None:
+            break
+    else:
+        h.respond("450 No usable unique file name found.")
+        return
+    if not h.authorizer.has_perm(h.username, "w", path):
+        h.respond("550 Not enough privileges.")
+        return
+    stor(h, path, "STOU")
+
+
+def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: Entry | None) -> None:
+    from master import passive
+    from master.relay import Relay
+
+    route = passive.take_route(h)
+    if isinstance(route, str):
+        h.respond(route)
+        return
+    if route.kind == "slave":
+        assert route.slave is not None
+        slave: str | None = route.slave
+        why = ""
+        must_hold = kind == "RETR" or offset > 0 or (kind == "APPE" and entry is not None)
+        if not h.cluster.registry.is_online(route.slave):
+            slave, why = None, "425 Can't open data connection: its slave went offline."
+        elif must_hold and (entry is None or route.slave not in entry.slaves):
+            slave, why = None, ("425 Can't open data connection: the PRET'd slave does not hold "
+                                "this file; send PRET with this command and path first.")
+    else:
+        slave, why = plan(h, kind, path, offset)
+    if slave is None:
+        passive.release_route(h, route)
+        h.respond(why)
+        return
+    relay = None
+    if route.kind == "relay":
+        if h.cluster.config.passive_without_pret == "refuse":
+            passive.release_route(h, route)
+            h.respond("425 Passive mode without PRET is not supported here: send PRET "
+                      f"{kind} <path> before PASV/EPSV, or use PORT/EPRT.")
+            return
+        relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
+    xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
+    transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    h.begin_deferred()
+    transfer.start(route.addr if route.kind == "port" else None)
