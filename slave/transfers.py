@@ -19,6 +19,7 @@ ever made, in which case the target is left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -29,6 +30,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 from common import messages as m
 from common.config import SlaveSection
@@ -154,6 +156,25 @@ class TransferManager:
 
     def start_send(self, msg: m.StartSend) -> None:
         """Open the file and start the worker; raises OSError (nothing is left open)."""
+        with self._drop_listener_on_error(msg.xfer_id):
+            self._start_send(msg)
+
+    def start_receive(self, msg: m.StartReceive) -> None:
+        """Open (or create) the target and start the worker; raises OSError."""
+        with self._drop_listener_on_error(msg.xfer_id):
+            self._start_receive(msg)
+
+    @contextlib.contextmanager
+    def _drop_listener_on_error(self, xfer_id: int) -> Iterator[None]:
+        """A refused start ends the transfer: its passive listener is closed too."""
+        try:
+            yield
+        except OSError:
+            if xfer_id not in self.transfers and (listener := self.listeners.pop(xfer_id, None)):
+                listener.sock.close()
+            raise
+
+    def _start_send(self, msg: m.StartSend) -> None:
         self._need_listener(msg.xfer_id, msg.connect_to)
         real = self.storage.real(msg.path, allow_root=False)
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -168,8 +189,7 @@ class TransferManager:
             raise
         self._launch(msg.xfer_id, Kind.SEND, fd, msg.offset, real, None, msg.connect_to)
 
-    def start_receive(self, msg: m.StartReceive) -> None:
-        """Open (or create) the target and start the worker; raises OSError."""
+    def _start_receive(self, msg: m.StartReceive) -> None:
         self._need_listener(msg.xfer_id, msg.connect_to)
         real = self.storage.real(msg.path, allow_root=False)
         self.storage.ensure_parent(real)

@@ -7,6 +7,7 @@ sockets. Every wait is bounded; nothing sleeps where an event can be awaited.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -301,6 +302,13 @@ def test_listener_abort_and_stalled_upload_times_out(make_slave: Callable[..., A
     xfer = broker.ids()
     port = broker.listen(xfer)
     assert broker.request(m.Abort, xfer_id=xfer) == m.OpResult(req_id=broker.next_id, ok=True)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    # so is the listener of a start that was refused (missing file)
+    xfer = broker.ids()
+    port = broker.listen(xfer)
+    refused = broker.request(m.StartSend, xfer_id=xfer, path="/missing")
+    assert isinstance(refused, m.OpResult) and not refused.ok and refused.errno == errno.ENOENT
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     # a stalled upload ends after data_timeout with the bytes that arrived kept
