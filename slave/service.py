@@ -120,8 +120,9 @@ class SlaveService:
             disk_total=total, disk_free=free))
 
     def error(self, req_id: int, exc: OSError) -> None:
-        self.send(m.OpResult(req_id=req_id, ok=False, error=exc.strerror or str(exc),
-                             errno=exc.errno or 0))
+        if req_id:  # req_id 0 marks a notification (master's link.notify): nobody waits
+            self.send(m.OpResult(req_id=req_id, ok=False, error=exc.strerror or str(exc),
+                                 errno=exc.errno or 0))
 
     # ------------------------------------------------------------ main loop
 
@@ -259,7 +260,8 @@ class SlaveService:
             case m.Abort(req_id=req_id, xfer_id=xfer_id):
                 if self.transfers.abort(xfer_id):
                     log.info("xfer %d: aborted", xfer_id)
-                self.send(m.OpResult(req_id=req_id, ok=True))
+                if req_id:  # req_id 0 is a notification: no reply wanted
+                    self.send(m.OpResult(req_id=req_id, ok=True))
             case m.DoneAck(xfer_id=xfer_id):
                 self.unacked.pop(xfer_id, None)
             case m.Delete(req_id=req_id, path=path):
@@ -284,7 +286,8 @@ class SlaveService:
             log.info("%s%r refused: %s", func.__name__, args, exc)
             self.error(req_id, exc)
             return
-        self.send(m.OpResult(req_id=req_id, ok=True))
+        if req_id:
+            self.send(m.OpResult(req_id=req_id, ok=True))
 
     def on_listen(self, msg: m.Listen) -> None:
         try:

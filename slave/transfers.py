@@ -13,8 +13,8 @@ under a thread still using it.
 
 Uploads with offset 0 and no append go to a temp file renamed over the target at the end
 (a concurrent download of the old file is not disturbed). A failed or aborted upload
-keeps what arrived (FTP convention, so REST can resume) unless no data connection was
-ever made, in which case the target is left untouched.
+keeps what arrived (FTP convention, so REST can resume) and reports its size and CRC;
+one that failed before any byte arrived leaves the target untouched (size 0, crc None).
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ class Transfer:
         self.listener = listener
         self.connect_to = connect_to
         self.bytes = 0
-        self.connected = False
         self.aborted = False
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = [listener.sock] if listener else []
@@ -318,7 +317,6 @@ class TransferManager:
             if t.aborted:
                 raise Aborted()
         dataconn.set_timeout(conn, timeout)
-        t.connected = True
         return conn
 
     def _send(self, t: Transfer) -> m.TransferDone:
@@ -378,8 +376,9 @@ class TransferManager:
 
     def _finish_upload(self, t: Transfer, error: BaseException | None,
                        crc: int | None) -> m.TransferDone:
-        if t.temp is not None and not t.connected:
-            t.temp.unlink(missing_ok=True)  # never connected: leave the target untouched
+        failed = error is not None or t.aborted
+        if t.temp is not None and failed and t.bytes == 0:
+            t.temp.unlink(missing_ok=True)  # nothing arrived: leave the target untouched
             return self._done(t, error or Aborted(), None, None)
         try:
             if self.config.fsync:

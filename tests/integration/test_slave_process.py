@@ -324,6 +324,22 @@ def test_listener_abort_and_stalled_upload_times_out(make_slave: Callable[..., A
     assert (done.size, done.crc32) == (7, zlib.crc32(b"partial"))
 
 
+def test_upload_failing_before_any_byte_keeps_old_file(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    (slave.root / "keep").write_bytes(b"old content")
+    xfer = broker.ids()
+    port = broker.listen(xfer)
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        assert isinstance(broker.request(m.StartReceive, xfer_id=xfer, path="/keep"), m.Started)
+        broker.send(m.Abort(req_id=0, xfer_id=xfer))  # a notification: no reply expected
+        done = broker.done(xfer, timeout=5)
+    assert done.aborted and done.bytes == 0 and done.crc32 is None
+    assert (slave.root / "keep").read_bytes() == b"old content"
+    assert sorted(p.name for p in slave.root.iterdir()) == ["keep"]  # no temp file left
+    assert broker.request(m.MakeDir, path="/after").ok
+    assert not [r for r in broker.backlog if getattr(r, "req_id", None) == 0]
+
+
 def test_passive_accepts_only_allowed_ip(link: tuple[FakeBroker, SlaveProc]) -> None:
     broker, slave = link
     (slave.root / "f").write_bytes(b"hello")
