@@ -1,8 +1,8 @@
 """pyftpdlib's AbstractedFS over the master's metadata tree (master.vfs.VirtualFS).
 
 Owns the mapping between FTP paths and virtual paths (identity: every session's root
-is "/"), stat results built from VFS entries, and telling the slaves about deletes and
-renames once the VFS has committed them. Never touches the master's own disk: open()
+is "/"), stat results built from VFS entries, and which slave commands follow a delete
+or rename that the VFS has committed (returned, not sent: the handler sends them). Never touches the master's own disk: open()
 raises, since file bytes only ever live on slaves.
 """
 
@@ -33,8 +33,8 @@ DEFAULT_GROUP = "ftpcluster"
 LISTING_CACHE_S = 2.0
 """How long entries read by listdir() serve the stat() calls of the listing that follows."""
 
-Notify = Callable[[str, m.SlaveCommand], None]
-"""Fire-and-forget command to one slave (name, command with req_id 0)."""
+SlaveCommands = list[tuple[str, m.SlaveCommand]]
+"""What the slaves must do after a metadata change: (slave, command with req_id 0)."""
 
 
 def has_nul(path: str) -> bool:
@@ -71,7 +71,6 @@ class VirtualFilesystem(AbstractedFS):
         super().__init__("/", cmd_channel)
         cluster = cmd_channel.cluster
         self.vfs: VirtualFS = cluster.vfs
-        self._notify: Notify = cluster.notify
         self._online: Callable[[], list[str]] = cluster.online_slaves
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
@@ -180,7 +179,7 @@ class VirtualFilesystem(AbstractedFS):
     def readlink(self, path: str) -> str:
         raise _oserror(errno.EINVAL, path)
 
-    # -- mutations: VFS first (durable), then the slaves (fire-and-forget)
+    # -- mutations: the VFS commits; the caller sends the returned commands to the slaves
     def _owner(self) -> str:
         return getattr(self.cmd_channel, "username", "") or "ftpcluster"
 
@@ -188,28 +187,25 @@ class VirtualFilesystem(AbstractedFS):
         self._cache.clear()
         self.vfs.mkdir(path, self._owner(), DEFAULT_GROUP, time.time())
 
-    def rmdir(self, path: str) -> None:
+    def rmdir(self, path: str) -> SlaveCommands:
         self._cache.clear()
         if path == "/":
             raise FilesystemError("Can't remove root directory.")
         self.vfs.rmdir(path)
         # An empty directory has no holders, but slaves may still have it on disk.
-        for slave in self._online():
-            self._notify(slave, m.RemoveDir(req_id=0, path=path))
+        return [(slave, m.RemoveDir(req_id=0, path=path)) for slave in self._online()]
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str) -> SlaveCommands:
         self._cache.clear()
         entry = self.vfs.remove(path)
-        for slave in sorted(entry.slaves):
-            self._notify(slave, m.Delete(req_id=0, path=path))
+        return [(slave, m.Delete(req_id=0, path=path)) for slave in sorted(entry.slaves)]
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str) -> SlaveCommands:
         self._cache.clear()
         if src == "/" or dst == "/":
             raise _oserror(errno.EINVAL, src)
         holders = self.vfs.rename(src, dst)
-        for slave in sorted(holders):
-            self._notify(slave, m.Rename(req_id=0, src=src, dst=dst))
+        return [(slave, m.Rename(req_id=0, src=src, dst=dst)) for slave in sorted(holders)]
 
     def utime(self, path: str, timeval: float) -> None:
         self._cache.clear()

@@ -10,18 +10,21 @@ pyftpdlib's stock methods). Protocol decisions live in those modules, not here.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.utils import strerror
 
 from common.config import MasterConfig, MasterSection
 from master import passive, site, transfers
 from master.cluster import SlaveRegistry, SlaveState
-from master.fs import VirtualFilesystem
+from master.fs import SlaveCommands, VirtualFilesystem
 from master.link import BrokerLink
 from master.relay import Relay, RelayCounter, Waker
 from master.transfers import RemoteTransfer, Transfer
@@ -49,9 +52,6 @@ class Cluster:
     sessions: set[Any] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
     data_timeout: int = 300
-
-    def notify(self, slave: str, cmd: m.SlaveCommand) -> None:
-        self.link.notify(slave, cmd)
 
     def online_slaves(self) -> list[str]:
         return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)
@@ -225,6 +225,63 @@ class ClusterFTPHandler(FTPHandler):
 
     def ftp_STOU(self, line: str) -> None:
         transfers.stou(self, line)
+
+    def ftp_REST(self, line: str) -> None:
+        # Slaves always move bytes unconverted (no ASCII translation), so a REST offset
+        # is a byte offset in either TYPE; stock pyftpdlib refuses REST in TYPE A.
+        try:
+            marker = int(line)
+            if marker < 0:
+                raise ValueError
+        except (ValueError, OverflowError):
+            self.respond("501 Invalid parameter.")
+            return
+        self._restart_position = marker
+        self.respond(f"350 Restarting at position {marker}.")
+
+    # ------------------------------------------------------------ metadata changes
+    def ftp_DELE(self, path: str) -> None:
+        self._change_metadata(self.fs.remove, (path,), "250 File removed.")
+
+    def ftp_RMD(self, path: str) -> None:
+        if path == "/":
+            self.respond("550 Can't remove root directory.")
+            return
+        self._change_metadata(self.fs.rmdir, (path,), "250 Directory removed.")
+
+    def ftp_RNTO(self, path: str) -> None:
+        if not self._rnfr:
+            self.respond("503 Bad sequence of commands: use RNFR first.")
+            return
+        src, self._rnfr = self._rnfr, None
+        self._change_metadata(self.fs.rename, (src, path), "250 Renaming ok.")
+
+    def _change_metadata(self, change: Callable[..., SlaveCommands], args: tuple[str, ...],
+                         ok_reply: str) -> None:
+        """Commit a change to the VFS, then reply once the slaves concerned have acted on it
+        (or failed to: the VFS is authoritative), so a client never sees stale disks."""
+        try:
+            commands = change(*args)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return
+        if not commands:
+            self.respond(ok_reply)
+            return
+        remaining = [len(commands)]
+        self.begin_deferred()
+
+        def on_reply(slave: str, cmd: m.SlaveCommand, reply: Any) -> None:
+            if not (isinstance(reply, m.OpResult) and reply.ok):
+                log.warning("%s on %s failed: %s", type(cmd).__name__, slave,
+                            getattr(reply, "error", "") or getattr(reply, "reason", reply))
+            remaining[0] -= 1
+            if remaining[0] == 0 and not self._closed:
+                self.respond(ok_reply)
+                self.end_deferred()
+
+        for slave, cmd in commands:
+            self.cluster.link.request(slave, cmd, functools.partial(on_reply, slave, cmd))
 
     def ftp_SIZE(self, path: str) -> None:
         # The VFS knows the exact size; unlike stock pyftpdlib there is no ASCII
