@@ -79,10 +79,11 @@ def run(config_path: str) -> int:
         waker.close()
         vfs.close()
         return 2
-    # The link's sockets and the waker sit in the same socket map that max_cons counts.
-    server.max_cons = section.max_connections + link.extra_fds + 1
-    server.max_cons_per_ip = section.max_connections_per_ip
     link.start()
+    # pyftpdlib's max_cons counts every entry of the IOLoop's socket map: the listener, the
+    # link's zmq sockets and the waker are there too, and must not eat client slots.
+    server.max_cons = section.max_connections + len(ioloop.socket_map)
+    server.max_cons_per_ip = section.max_connections_per_ip
 
     stopping: list[int] = []
 

@@ -150,7 +150,8 @@ class FakeBroker:
 
 
 class Master:
-    def __init__(self, tmp: Path, broker: FakeBroker, relay_mode: str = "relay") -> None:
+    def __init__(self, tmp: Path, broker: FakeBroker, relay_mode: str = "relay",
+                 extra: str = "") -> None:
         self.port = free_port()
         state = tmp / "state"
         config = tmp / "master.toml"
@@ -163,6 +164,7 @@ stats_endpoint = "tcp://127.0.0.1:{broker.stats_port}"
 state_dir = "{state}"
 request_timeout = 3
 passive_without_pret = "{relay_mode}"
+{extra}
 
 [[users]]
 name = "admin"
@@ -516,3 +518,117 @@ def test_refuse_mode_asks_for_pret(tmp_path: Path, broker: FakeBroker) -> None:
         ftp.quit()
     finally:
         assert proc.stop() == 0
+
+
+def test_quit_during_transfer_waits_for_the_outcome(master: Master, broker: FakeBroker) -> None:
+    broker.responders[m.StartSend] = started
+    ftp = master.client()
+    wait_online(ftp)
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PORT 127,0,0,1,200,14")
+    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
+    _, cmd = broker.expect(m.StartSend)
+    assert ftp.sendcmd("QUIT").startswith("221")
+    broker.from_slave("s1", m.TransferDone(xfer_id=cmd.xfer_id, ok=True, bytes=10, size=10))
+    assert ftp.getline().startswith("226")
+    assert ftp.sock.recv(100) == b""  # then the server closes the connection
+    ftp.close()
+
+
+def test_pipelined_port_and_list_finish(master: Master) -> None:
+    ftp = master.client()
+    wait_online(ftp)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        ftp.sock.sendall(f"PORT 127,0,0,1,{port // 256},{port % 256}\r\nLIST /pub\r\n".encode())
+        assert ftp.getresp().startswith("200")
+        assert ftp.getresp().startswith("150")
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        assert data.endswith(b" a.bin\r\n")
+        assert ftp.getresp().startswith("226")
+    ftp.quit()
+
+
+def test_resume_and_append_go_to_the_holder(master: Master, broker: FakeBroker) -> None:
+    broker.responders[m.StartReceive] = started
+    ftp = master.client()
+    wait_online(ftp)
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PORT 127,0,0,1,200,15")
+    ftp.sendcmd("REST 4")
+    assert ftp.sendcmd("STOR /pub/a.bin").startswith("150")
+    slave, cmd = broker.expect(m.StartReceive)
+    assert (slave, cmd.offset, cmd.append) == ("s1", 4, False)
+    # Aborted midway: what arrived is recorded so that REST can resume it.
+    broker.from_slave("s1", m.TransferDone(xfer_id=cmd.xfer_id, ok=False, bytes=2, size=6,
+                                           aborted=True))
+    assert ftp.getline().startswith("426")
+    assert ftp.size("/pub/a.bin") == 6
+    ftp.sendcmd("PORT 127,0,0,1,200,16")
+    assert ftp.sendcmd("APPE /pub/a.bin").startswith("150")
+    _, cmd = broker.expect(m.StartReceive)
+    assert cmd.append and cmd.offset == 0
+    broker.push(m.SlaveDown(name="s1", incarnation="inc-s1", reason="gone"))
+    with pytest.raises(ftplib.error_temp, match="^4"):
+        ftp.voidresp()
+    ftp.sendcmd("PORT 127,0,0,1,200,17")
+    with pytest.raises(ftplib.error_temp, match="^450"):
+        ftp.sendcmd("APPE /pub/a.bin")
+    ftp.quit()
+
+
+def test_xcrc_of_a_range_asks_a_holder(master: Master, broker: FakeBroker) -> None:
+    broker.responders[m.Checksum] = lambda s, c: [m.ChecksumResult(req_id=c.req_id, crc32=0xABC, size=10)]
+    ftp = master.client()
+    wait_online(ftp)
+    assert ftp.sendcmd("XCRC /pub/a.bin 2 5") == "250 00000ABC"
+    _, cmd = broker.expect(m.Checksum)
+    assert (cmd.path, cmd.start, cmd.end) == ("/pub/a.bin", 2, 5)
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.sendcmd("XCRC /pub/none.bin")
+    ftp.quit()
+
+
+def test_max_connections(tmp_path: Path, broker: FakeBroker) -> None:
+    proc = Master(tmp_path, broker, extra="max_connections = 2")
+    try:
+        first = proc.client()
+        deadline = time.monotonic() + 5  # the start-up probe's connection may still be closing
+        while " sessions=1" not in first.sendcmd("SITE STATUS").splitlines():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = proc.client()
+        third = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        assert third.recv(100).startswith(b"421")
+        third.close()
+        first.quit()
+        second.quit()
+    finally:
+        assert proc.stop() == 0
+
+
+def test_demo_password_refused_off_loopback(tmp_path: Path) -> None:
+    from master.users import hash_password
+    config = tmp_path / "m.toml"
+    config.write_text(f"""
+[master]
+listen_host = "0.0.0.0"
+listen_port = {free_port()}
+state_dir = "{tmp_path / 'state'}"
+
+[[users]]
+name = "admin"
+password_hash = "{hash_password('demo')}"
+""")
+    result = subprocess.run([sys.executable, "-m", "master", "--config", str(config)], cwd=ROOT,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "demo" in lines[0]
