@@ -37,6 +37,14 @@ SlaveCommands = list[tuple[str, m.SlaveCommand]]
 """What the slaves must do after a metadata change: (slave, command with req_id 0)."""
 
 
+PART_PREFIX = ".ftpc-part."
+"""Slaves write uploads under this prefix and rename at the end: such names are reserved."""
+
+
+def reserved_name(path: str) -> bool:
+    return posixpath.basename(path).startswith(PART_PREFIX)
+
+
 def has_nul(path: str) -> bool:
     return "\x00" in path
 
@@ -185,6 +193,8 @@ class VirtualFilesystem(AbstractedFS):
 
     def mkdir(self, path: str) -> None:
         self._cache.clear()
+        if reserved_name(path):
+            raise FilesystemError("File name not allowed.")
         self.vfs.mkdir(path, self._owner(), DEFAULT_GROUP, time.time())
 
     def rmdir(self, path: str) -> SlaveCommands:
@@ -204,6 +214,8 @@ class VirtualFilesystem(AbstractedFS):
         self._cache.clear()
         if src == "/" or dst == "/":
             raise _oserror(errno.EINVAL, src)
+        if reserved_name(dst):
+            raise FilesystemError("File name not allowed.")
         holders = self.vfs.rename(src, dst)
         return [(slave, m.Rename(req_id=0, src=src, dst=dst)) for slave in sorted(holders)]
 

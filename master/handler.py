@@ -159,6 +159,7 @@ class ClusterFTPHandler(FTPHandler):
             self._idler.cancel()
 
     def detach_transfer(self) -> None:
+        self.relay_waiter = None  # a relay still waiting for the client's connection is over
         if isinstance(self.data_channel, RemoteTransfer):
             if self._closed:
                 self.data_channel = None

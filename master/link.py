@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import msgspec
@@ -122,9 +122,6 @@ class LinkCounters:
 
 class BrokerLink:
     """Master <-> broker: requests to slaves, slave events, stats and inventory merges."""
-
-    extra_fds = 2
-    """Entries this link adds to the IOLoop's socket map (they count against max_cons)."""
 
     def __init__(self, ioloop: Any, config: MasterSection, registry: SlaveRegistry,
                  vfs: VirtualFS, ctx: zmq.Context | None = None,

@@ -264,6 +264,7 @@ def clear_route(h: ClusterFTPHandler) -> None:
     if h.data_channel is not None:
         h.data_channel.close()
         h.data_channel = None
+    h.relay_waiter = None
     drop_stored_route(h)
 
 

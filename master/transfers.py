@@ -19,13 +19,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
+from master.fs import reserved_name
 from master.link import RequestFailed
 from master.placement import choose_download_slave, choose_upload_slave
 from master.vfs import Entry
 
 if TYPE_CHECKING:
     from master.handler import Cluster, ClusterFTPHandler
-    from master.passive import Route
     from master.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def pick_upload(cluster: Cluster, entry: Entry | None, must_hold: bool,
 
 def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) -> str:
     """Reply refusing an upload to `path`, or "" if it may go ahead."""
+    if reserved_name(path):
+        return "553 File name not allowed."  # RFC 959 553
     if path == "/" or (entry is not None and entry.is_dir):
         return "550 Is a directory."
     if parent is None or not parent.is_dir:
@@ -350,11 +352,7 @@ class Transfer:
     def _record_upload(self, msg: m.TransferDone) -> None:
         vfs = self.cluster.vfs
         if not msg.ok and msg.bytes == 0:
-            entry = vfs.lookup(self.path)
-            if self.offset == 0 and self.kind != "APPE" and (entry is None or self.slave not in entry.slaves):
-                # Nothing arrived and the slave held no earlier copy: drop its empty file.
-                self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
-            return
+            return  # the slave left the previous file (if any) untouched
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:
             _entry, stale = vfs.record_upload(self.path, self.slave, msg.size, msg.crc32, mtime,

@@ -315,6 +315,11 @@ def test_nul_path_and_bad_port(master: Master) -> None:
     with pytest.raises(ftplib.error_perm, match="^501"):
         ftp.sendcmd("MKD bad\x00name")
     assert not any(name.startswith("bad") for name in ftp.nlst("/"))
+    ftp.sendcmd("PORT 127,0,0,1,200,9")
+    with pytest.raises(ftplib.error_perm, match="^553"):
+        ftp.sendcmd("STOR /.ftpc-part.x")  # reserved for the slaves' partial uploads
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        ftp.mkd("/.ftpc-part.d")
     with pytest.raises(ftplib.error_perm, match="^501"):
         ftp.sendcmd("PORT 1,2,3")
     with pytest.raises(ftplib.error_perm, match="^501"):
