@@ -136,8 +136,31 @@ def _dotted(at: str, key: str | None = None) -> str:
     return path or "(top level)"
 
 
-def format_validation_error(path: str, message: str) -> str:
+def _allowed_values(kind: type, at: str) -> str:
+    """For an enum error at `$.a.b`, the allowed values of that Literal field ('' if unknown)."""
+    import typing
+    current: object = kind
+    for part in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[\d+\]", at):
+        if isinstance(current, type) and issubclass(current, msgspec.Struct):
+            if not part:
+                return ""
+            current = typing.get_type_hints(current).get(part)
+        elif typing.get_origin(current) is list and not part:
+            current = typing.get_args(current)[0]
+        else:
+            return ""
+    if typing.get_origin(current) is Literal:
+        return ", ".join(repr(v) for v in typing.get_args(current))
+    return ""
+
+
+def format_validation_error(path: str, message: str, kind: type | None = None) -> str:
     """Turn a msgspec validation message into 'FILE: key KEY: problem'."""
+    if kind is not None and (match := _AT.match(message)) and message.startswith("Invalid enum value"):
+        allowed = _allowed_values(kind, match["at"])
+        if allowed:
+            return (f"{path}: key {_dotted(match['at'])}: "
+                    f"{match['what'][:1].lower()}{match['what'][1:]}, expected one of {allowed}")
     if match := _UNKNOWN.match(message):
         return f"{path}: key {_dotted(match['at'] or '', match['key'])}: unknown key"
     if match := _MISSING.match(message):
@@ -166,7 +189,7 @@ def loads(text: str, kind: type[C], source: str = "<config>") -> C:
     try:
         config = msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        raise ConfigError(format_validation_error(source, str(exc))) from None
+        raise ConfigError(format_validation_error(source, str(exc), kind)) from None
     _check(config, source)
     return config
 

@@ -50,6 +50,14 @@ def test_wrong_type_or_value(tmp_path, kind, text, key, expected):
     assert f"key {key}:" in message and expected in message
 
 
+@pytest.mark.parametrize(("text", "allowed"), [
+    ('[log]\nlevel = "loud"\n', "'debug', 'info', 'warning', 'error'"),
+    ('[master]\npassive_without_pret = "proxy"\n', "'relay', 'refuse'"),
+])
+def test_bad_choice_names_the_allowed_values(tmp_path, text, allowed):
+    assert error_for(tmp_path, text, MasterConfig).endswith(f"expected one of {allowed}")
+
+
 @pytest.mark.parametrize(("kind", "text", "key"), [
     (MasterConfig, '[master]\nlisten_port = 70000\n', "master.listen_port"),
     (MasterConfig, '[master]\nlisten_port = -1\n', "master.listen_port"),
