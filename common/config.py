@@ -114,10 +114,49 @@ class MasterSection(_Section):
     allow_demo_password_off_loopback: bool = False
 
 
+class PlacementWeights(_Section):
+    """Score weights (master.placement documents the terms); 0 switches a term off."""
+
+    free_space: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    active_transfers: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    bandwidth: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    load: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+
+class PathRule(_Section):
+    """For virtual paths matching `glob` (fnmatch; `*` also matches "/")."""
+
+    glob: str
+    allow: list[Name] = msgspec.field(default_factory=list)
+    """Non-empty: only these slaves."""
+    forbid: list[Name] = msgspec.field(default_factory=list)
+    prefer: list[Name] = msgspec.field(default_factory=list)
+    prefer_points: float = 100.0
+
+
+class DirectionPolicy(_Section):
+    require_fresh_stats: bool = True
+    """Exclude a slave whose stats stopped arriving (a slave that never sent any is not stale)."""
+    min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
+    min_free_by_slave: dict[str, Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+    max_active: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Cap on a slave's active transfers for this direction; 0 = the slave's max_transfers."""
+    weights: PlacementWeights = msgspec.field(default_factory=PlacementWeights)
+    rules: list[PathRule] = msgspec.field(default_factory=list)
+
+
+class PlacementSection(_Section):
+    upload: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
+    download: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
+    """Free space is never a filter for downloads (min_free_* are ignored there)."""
+    replication: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
+
+
 class MasterConfig(_Section):
     master: MasterSection = msgspec.field(default_factory=MasterSection)
     users: list[UserEntry] = msgspec.field(default_factory=list)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    placement: PlacementSection = msgspec.field(default_factory=PlacementSection)
 
 
 C = TypeVar("C", BrokerConfig, SlaveConfig, MasterConfig)
@@ -204,6 +243,11 @@ def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> No
         ports = config.master.passive_ports
         if ports is not None and ports[0] > ports[1]:
             raise ConfigError(f"{source}: key master.passive_ports: first port is above the last")
+        for direction in ("upload", "download", "replication"):
+            for index, rule in enumerate(getattr(config.placement, direction).rules):
+                if not rule.glob.startswith("/"):
+                    raise ConfigError(f"{source}: key placement.{direction}.rules[{index}].glob: "
+                                      "must be an absolute virtual path pattern")
         seen: set[str] = set()
         for index, user in enumerate(config.users):
             if user.name in seen:

@@ -10,6 +10,9 @@ Load figures given to placement (`SlaveLoad`):
   the master just dispatched, and the master does not know transfers it lost track of (a
   restart); the larger figure is the safe one.
 - load per CPU: stats load1 / ncpu with fresh stats, else 0.
+- fresh: stats at most STATS_FRESH_S old, or none received yet from this incarnation (a
+  slave that just joined is judged by Hello's figures; one that stopped publishing is stale).
+- recent starts: transfers dispatched since the last stats (the stats do not show them yet).
 """
 
 from __future__ import annotations
@@ -47,20 +50,27 @@ class SlaveInfo:
     merge_generation: int = 0
     merged: bool = False
     """This incarnation's inventory merge has finished (survives going offline and back)."""
+    started_since_stats: int = 0
+    """Transfers dispatched since the last stats (reset by the next stats)."""
 
     def load(self, now: float) -> SlaveLoad:
         """This slave's figures for placement (rules in the module docstring)."""
         stats = self.stats
         fresh = stats is not None and now - self.stats_at <= STATS_FRESH_S
+        rx = tx = 0.0
+        total = self.disk_total
         if stats is not None and fresh:
-            disk_free = stats.disk_free
+            disk_free, total = stats.disk_free, stats.disk_total
             active = max(stats.active_up + stats.active_down, self.dispatched)
             load_per_cpu = stats.load1 / max(1, stats.ncpu)
+            rx, tx = stats.net_rx_bps, stats.net_tx_bps
         else:
             disk_free, active, load_per_cpu = self.disk_free, self.dispatched, 0.0
         return SlaveLoad(name=self.name, disk_free=max(0, disk_free - self.reserved_bytes),
                          active_transfers=active, max_transfers=self.max_transfers,
-                         load_per_cpu=load_per_cpu)
+                         load_per_cpu=load_per_cpu, disk_total=total, state=self.state.value,
+                         fresh=stats is None or fresh, rx_bps=rx, tx_bps=tx,
+                         recent_starts=self.started_since_stats)
 
 
 @dataclass(slots=True)
@@ -147,12 +157,14 @@ class SlaveRegistry:
         info.stats = stats
         info.stats_at = now
         info.reserved_bytes = 0
+        info.started_since_stats = 0
 
     def transfer_started(self, name: str, reserve_bytes: int = 0) -> None:
         """Count a transfer dispatched to `name` (and reserve upload space); unknown: ignored."""
         info = self.slaves.get(name)
         if info is not None:
             info.dispatched += 1
+            info.started_since_stats += 1
             info.reserved_bytes += max(0, reserve_bytes)
 
     def transfer_finished(self, name: str) -> None:
@@ -164,6 +176,11 @@ class SlaveRegistry:
     def is_online(self, name: str) -> bool:
         info = self.slaves.get(name)
         return info is not None and info.state is SlaveState.ONLINE
+
+    def loads(self, now: float, names: frozenset[str] | None = None) -> list[SlaveLoad]:
+        """Every known slave (or those in `names`), whatever its state: placement filters."""
+        return [info.load(now) for name, info in sorted(self.slaves.items())
+                if names is None or name in names]
 
     def upload_candidates(self, now: float) -> list[SlaveLoad]:
         """Online slaves (stats may be missing right after joining: then use Hello's disk figures)."""

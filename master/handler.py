@@ -26,6 +26,7 @@ from master import passive, site, transfers
 from master.cluster import SlaveRegistry, SlaveState
 from master.fs import SlaveCommands, VirtualFilesystem
 from master.link import BrokerLink
+from master.placement import Placement
 from master.relay import Relay, RelayCounter, Waker
 from master.transfers import RemoteTransfer, Transfer
 from master.users import ClusterAuthorizer
@@ -52,6 +53,7 @@ class Cluster:
     sessions: set[Any] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
     data_timeout: int = 300
+    placement: Placement = field(default_factory=Placement)
 
     def online_slaves(self) -> list[str]:
         return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)

@@ -21,6 +21,7 @@ from common.config import MasterConfig, UserEntry, load
 from master.cluster import SlaveRegistry
 from master.handler import Cluster, build_handler
 from master.link import BrokerLink
+from master.placement import Placement
 from master.relay import RelayCounter, Waker
 from master.users import verify_password
 from master.vfs import VirtualFS
@@ -69,7 +70,7 @@ def run(config_path: str) -> int:
     link = BrokerLink(ioloop, section, registry, vfs)
     waker = Waker(ioloop)
     cluster = Cluster(config=section, vfs=vfs, registry=registry, link=link, ioloop=ioloop,
-                      waker=waker, relayed=RelayCounter())
+                      waker=waker, relayed=RelayCounter(), placement=Placement(config.placement))
     handler = build_handler(config, cluster)
     try:
         server = FTPServer((section.listen_host, section.listen_port), handler, ioloop=ioloop)

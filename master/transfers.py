@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from common import messages as m
 from master.fs import reserved_name
 from master.link import RequestFailed
-from master.placement import choose_download_slave, choose_upload_slave
+from master.placement import Selection
 from master.vfs import Entry
 
 if TYPE_CHECKING:
@@ -42,35 +42,40 @@ _DATA_CONN_ERRNOS = frozenset({errno_mod.ECONNREFUSED, errno_mod.ETIMEDOUT, errn
 
 # ---------------------------------------------------------------- pure decisions
 
+def _refusal(selection: Selection, busy: str, unavailable: str) -> str:
+    """The reply when no slave qualifies: `unavailable` if none was even online."""
+    if any(reason not in ("offline", "merging") for reason in selection.excluded().values()):
+        return busy
+    return unavailable
+
+
 def pick_download(cluster: Cluster, entry: Entry, now: float) -> tuple[str | None, str]:
     """Slave to serve `entry`, or None and the reply explaining why."""
-    online = cluster.registry.download_candidates(entry.slaves, now)
-    if not online:
-        return None, "450 file unavailable: its slave is offline."
-    slave = choose_download_slave(online)
-    if slave is None:
+    holders = cluster.registry.loads(now, entry.slaves)
+    selection = cluster.placement.choose("download", entry.path, holders)
+    if selection.chosen is None:
         # RFC 959 450: requested file action not taken, file unavailable (busy).
-        return None, "450 file unavailable: its slaves are too busy, try again later."
-    return slave, ""
+        return None, _refusal(selection, "450 file unavailable: its slaves are too busy, try again later.",
+                              "450 file unavailable: its slave is offline.")
+    return selection.chosen, ""
 
 
-def pick_upload(cluster: Cluster, entry: Entry | None, must_hold: bool,
+def pick_upload(cluster: Cluster, path: str, entry: Entry | None, must_hold: bool,
                 now: float) -> tuple[str | None, str]:
-    """Slave to receive an upload. `must_hold`: REST+STOR or APPE onto an existing file,
-    which only a current holder can continue."""
-    candidates = cluster.registry.upload_candidates(now)
+    """Slave to receive an upload to `path`. `must_hold`: REST+STOR or APPE onto an existing
+    file, which only a current holder can continue."""
     holders = entry.slaves if entry is not None else frozenset()
-    if must_hold:
-        candidates = [c for c in candidates if c.name in holders]
-        if not candidates:
-            return None, "450 file unavailable: its slave is offline."
-    if not candidates:
-        return None, "450 no storage slave is online, try again later."
-    slave = choose_upload_slave(candidates, prefer=frozenset(holders))
-    if slave is None:
+    candidates = cluster.registry.loads(now, holders if must_hold else None)
+    selection = cluster.placement.choose("upload", path, candidates, prefer=frozenset(holders))
+    if selection.chosen is None:
         # RFC 959 452: insufficient storage space (or no free transfer slot).
-        return None, "452 no storage slave has room for this upload right now."
-    return slave, ""
+        if must_hold:
+            unavailable = "450 file unavailable: its slave is offline."
+        else:
+            unavailable = "450 no storage slave is online, try again later."
+        return None, _refusal(selection, "452 no storage slave has room for this upload right now.",
+                              unavailable)
+    return selection.chosen, ""
 
 
 def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) -> str:
@@ -381,7 +386,7 @@ def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int) -> tuple[str |
     if kind == "STOU":
         entry = None
     must_hold = entry is not None and (offset > 0 or kind == "APPE")
-    return pick_upload(h.cluster, entry, must_hold, now)
+    return pick_upload(h.cluster, path, entry, must_hold, now)
 
 
 def retr(h: ClusterFTPHandler, path: str) -> None:

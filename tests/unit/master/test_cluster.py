@@ -6,7 +6,7 @@ import pytest
 
 from common.messages import SlaveStats, SlaveUp
 from master.cluster import STATS_FRESH_S, SlaveRegistry, SlaveState
-from master.placement import SlaveLoad, choose_upload_slave
+from master.placement import Placement, SlaveLoad
 
 MB = 1024 ** 2
 
@@ -112,16 +112,16 @@ def test_mark_online_while_offline_stays_offline() -> None:
 def test_without_stats_uses_slave_up_figures() -> None:
     reg = SlaveRegistry()
     online(reg, free=1000 * MB, max_transfers=8)
-    assert only_load(reg, 0.0) == SlaveLoad("s1", 1000 * MB, 0, 8, 0.0)
+    assert only_load(reg, 0.0) == SlaveLoad("s1", 1000 * MB, 0, 8, 0.0, disk_total=2000 * MB)
 
 
 def test_stats_freshness() -> None:
     reg = SlaveRegistry()
     online(reg, free=1000 * MB)
     reg.on_stats(stats(free=400 * MB, active_up=2, active_down=1, load1=2.0, ncpu=4), now=10.0)
-    assert only_load(reg, 10.0 + STATS_FRESH_S) == SlaveLoad("s1", 400 * MB, 3, 8, 0.5)
+    assert only_load(reg, 10.0 + STATS_FRESH_S) == SlaveLoad("s1", 400 * MB, 3, 8, 0.5, disk_total=2000 * MB)
     stale = only_load(reg, 10.0 + STATS_FRESH_S + 0.1)
-    assert stale == SlaveLoad("s1", 1000 * MB, 0, 8, 0.0)  # back to SlaveUp's figures
+    assert stale == SlaveLoad("s1", 1000 * MB, 0, 8, 0.0, disk_total=2000 * MB, fresh=False)  # back to SlaveUp's figures
 
 
 @pytest.mark.parametrize("bad", [
@@ -145,9 +145,9 @@ def test_counters_and_reservations() -> None:
     reg.transfer_started("s1", reserve_bytes=100 * MB)
     reg.transfer_started("s1")
     reg.transfer_started("unknown", 5)  # ignored
-    assert only_load(reg, 0.0) == SlaveLoad("s1", 900 * MB, 2, 8, 0.0)
+    assert only_load(reg, 0.0) == SlaveLoad("s1", 900 * MB, 2, 8, 0.0, disk_total=2000 * MB, recent_starts=2)
     reg.on_stats(stats(free=850 * MB, active_up=1), now=1.0)  # stats reconcile the reservation
-    assert only_load(reg, 1.0) == SlaveLoad("s1", 850 * MB, 2, 8, 0.25)  # max(1, dispatched 2)
+    assert only_load(reg, 1.0) == SlaveLoad("s1", 850 * MB, 2, 8, 0.25, disk_total=2000 * MB)  # max(1, dispatched 2)
     reg.on_stats(stats(seq=2, free=850 * MB, active_up=4, active_down=1), now=2.0)
     assert only_load(reg, 2.0).active_transfers == 5  # max(stats 5, dispatched 2)
     reg.transfer_finished("s1")
@@ -176,4 +176,6 @@ def test_feeds_placement() -> None:
     online(reg, "a", free=1000 * MB)
     online(reg, "b", free=1000 * MB)
     reg.transfer_started("a", reserve_bytes=950 * MB)
-    assert choose_upload_slave(reg.upload_candidates(0.0), size_hint=10 * MB) == "b"
+    selection = Placement().choose("upload", "/f", reg.loads(0.0), size_hint=10 * MB)
+    assert selection.chosen == "b"
+    assert "below minimum" in selection.excluded()["a"]

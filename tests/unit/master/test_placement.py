@@ -1,91 +1,233 @@
-"""master.placement: which slave serves an upload or a download."""
+"""master.placement: filter chains, weighted scores and the round-robin tie-break."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
-from master.placement import MIN_FREE_BYTES, SlaveLoad, choose_download_slave, choose_upload_slave
+from common.config import DirectionPolicy, MasterConfig, PathRule, PlacementSection, PlacementWeights, loads
+from common.messages import SlaveStats, SlaveUp
+from master.cluster import SlaveRegistry
+from master.placement import HOLDER_POINTS, Placement, SlaveLoad
 
 GB = 1024 ** 3
+MB = 1024 ** 2
 
 
 def load(name: str, free: int = 10 * GB, active: int = 0, max_transfers: int = 10,
-         per_cpu: float = 0.0) -> SlaveLoad:
+         per_cpu: float = 0.0, **kw: object) -> SlaveLoad:
     return SlaveLoad(name=name, disk_free=free, active_transfers=active, max_transfers=max_transfers,
-                     load_per_cpu=per_cpu)
+                     load_per_cpu=per_cpu, disk_total=100 * GB, **kw)  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------ uploads
+def policy(**upload: object) -> Placement:
+    return Placement(PlacementSection(upload=DirectionPolicy(**upload)))  # type: ignore[arg-type]
 
-def test_upload_none_without_candidates() -> None:
-    assert choose_upload_slave([]) is None
+
+# ------------------------------------------------------------------ filters
+
+def test_none_without_candidates() -> None:
+    selection = Placement().choose("upload", "/f", [])
+    assert selection.chosen is None and selection.verdicts == ()
 
 
 @pytest.mark.parametrize("free, size_hint, ok", [
-    (MIN_FREE_BYTES, 0, True),  # exactly enough
-    (MIN_FREE_BYTES - 1, 0, False),
-    (MIN_FREE_BYTES + 100, 100, True),
-    (MIN_FREE_BYTES + 99, 100, False),
-    (MIN_FREE_BYTES, -5, True),  # a negative hint counts as 0
+    (64 * MB, 0, True),  # exactly the default minimum
+    (64 * MB - 1, 0, False),
+    (64 * MB + 100, 100, True),
+    (64 * MB + 99, 100, False),
+    (64 * MB, -5, True),  # a negative hint counts as 0
     (0, 0, False),
 ])
-def test_upload_free_space_filter(free: int, size_hint: int, ok: bool) -> None:
-    expected = "a" if ok else None
-    assert choose_upload_slave([load("a", free=free)], size_hint=size_hint) == expected
+def test_min_free_filter(free: int, size_hint: int, ok: bool) -> None:
+    selection = Placement().choose("upload", "/f", [load("a", free=free)], size_hint=size_hint)
+    assert selection.chosen == ("a" if ok else None)
+    if not ok:
+        assert "below minimum" in selection.excluded()["a"]
 
 
-def test_upload_custom_min_free() -> None:
-    assert choose_upload_slave([load("a", free=10)], size_hint=5, min_free=5) == "a"
-    assert choose_upload_slave([load("a", free=10)], size_hint=6, min_free=5) is None
+def test_below_min_free_never_chosen_whatever_the_score() -> None:
+    # "low" scores far better (no transfers vs. 9) but is below its own minimum.
+    p = policy(min_free_bytes=1 * GB, min_free_by_slave={"low": 50 * GB})
+    slaves = [load("low", free=40 * GB), load("busy", free=2 * GB, active=9)]
+    for _ in range(20):
+        assert p.choose("upload", "/x", slaves).chosen == "busy"
+    assert p.evaluate("upload", "/x", slaves).excluded() == {"low": f"free {40 * GB} below minimum {50 * GB}"}
+    assert p.choose("upload", "/x", [load("low", free=40 * GB)]).chosen is None
 
 
-def test_upload_slot_filter() -> None:
+def test_free_space_is_no_filter_for_downloads() -> None:
+    assert Placement().choose("download", "/f", [load("a", free=0)]).chosen == "a"
+
+
+def test_offline_merging_and_stale_excluded() -> None:
+    slaves = [load("a", state="offline"), load("b", state="merging"), load("c", fresh=False), load("d")]
+    selection = Placement().evaluate("upload", "/f", slaves)
+    assert selection.chosen == "d"
+    assert selection.excluded() == {"a": "offline", "b": "merging", "c": "stats stale"}
+    relaxed = policy(require_fresh_stats=False).evaluate("upload", "/f", slaves[:3])
+    assert relaxed.chosen == "c"
+
+
+def test_max_active_filter() -> None:
     full = load("a", active=4, max_transfers=4)
     over = load("b", active=5, max_transfers=4)
-    assert choose_upload_slave([full, over]) is None
-    assert choose_upload_slave([full, over, load("c", active=3, max_transfers=4)]) == "c"
+    assert Placement().choose("upload", "/f", [full, over]).chosen is None
+    assert Placement().choose("upload", "/f", [full, over, load("c", active=3, max_transfers=4)]).chosen == "c"
+    capped = policy(max_active=2).evaluate("upload", "/f", [load("c", active=2)])
+    assert capped.chosen is None and capped.excluded() == {"c": "busy (2/2 transfers)"}
 
 
-def test_upload_prefers_holders_even_when_busier() -> None:
-    slaves = [load("a", active=0), load("b", active=7, free=2 * GB)]
-    assert choose_upload_slave(slaves) == "a"
-    assert choose_upload_slave(slaves, prefer=frozenset({"b"})) == "b"
+ARCHIVE = PlacementSection(upload=DirectionPolicy(rules=[
+    PathRule(glob="/archive/*", allow=["s3", "s4"]),
+    PathRule(glob="/tmp/*", forbid=["s4"]),
+    PathRule(glob="/fast/*", prefer=["s2"], prefer_points=50.0),
+]))
 
 
-def test_upload_preferred_holder_must_still_qualify() -> None:
-    slaves = [load("a"), load("b", active=10, max_transfers=10), load("c", free=0)]
-    assert choose_upload_slave(slaves, prefer=frozenset({"b", "c"})) == "a"
+def test_path_rule_allow_routes_archive_only_to_named_slaves() -> None:
+    p = Placement(ARCHIVE)
+    slaves = [load(f"s{i}") for i in range(1, 5)]
+    chosen = collections.Counter(p.choose("upload", f"/archive/2026/f{i}", slaves).chosen for i in range(40))
+    assert set(chosen) == {"s3", "s4"} and chosen["s3"] == chosen["s4"] == 20
+    excluded = p.evaluate("upload", "/archive/x", slaves).excluded()
+    assert excluded == {"s1": "rule /archive/* allows only s3,s4", "s2": "rule /archive/* allows only s3,s4"}
+    # outside /archive every slave takes uploads
+    assert {p.choose("upload", f"/other/f{i}", slaves).chosen for i in range(8)} == {"s1", "s2", "s3", "s4"}
+    # the glob matches the path, not a prefix of its text
+    assert p.evaluate("upload", "/archived", slaves).excluded() == {}
 
 
-@pytest.mark.parametrize("slaves, expected", [
-    ([load("a", active=2), load("b", active=1)], "b"),  # fewest active transfers
-    ([load("a", free=5 * GB), load("b", free=6 * GB)], "b"),  # then most free space
-    ([load("b"), load("a"), load("c")], "a"),  # then name
-    ([load("a", active=1, free=100 * GB), load("b", active=0, free=1 * GB)], "b"),
-])
-def test_upload_ordering(slaves: list[SlaveLoad], expected: str) -> None:
-    assert choose_upload_slave(slaves) == expected
+def test_path_rule_forbid_and_prefer() -> None:
+    p = Placement(ARCHIVE)
+    slaves = [load(f"s{i}") for i in range(1, 5)]
+    assert p.evaluate("upload", "/tmp/a", slaves).excluded() == {"s4": "forbidden by rule /tmp/*"}
+    fast = p.evaluate("upload", "/fast/a", slaves)
+    assert fast.chosen == "s2" and fast.scores()["s2"] == pytest.approx(fast.scores()["s1"] + 50.0)
 
 
-def test_upload_ties_among_holders() -> None:
-    slaves = [load("z", active=1), load("y", active=1), load("x", active=0)]
-    assert choose_upload_slave(slaves, prefer=frozenset({"z", "y"})) == "y"
+# ------------------------------------------------------------------ scores
+
+def test_burst_of_50_uploads_within_one_stats_period_spreads_evenly() -> None:
+    """The registry counts every dispatched transfer until the next stats arrive."""
+    reg = SlaveRegistry()
+    for name in ("a", "b", "c", "d", "e"):
+        reg.on_up(SlaveUp(name=name, incarnation="i", data_host="h", max_transfers=100,
+                          disk_total=100 * GB, disk_free=50 * GB), now=0.0)
+        reg.mark_online(name)
+        reg.on_stats(stats(name, seq=1), now=0.0)
+    p = Placement()
+    chosen = collections.Counter()
+    for i in range(50):
+        now = i / 50  # all within one second, no new stats
+        slave = p.choose("upload", f"/burst/{i}", reg.loads(now)).chosen
+        assert slave is not None
+        reg.transfer_started(slave)
+        chosen[slave] += 1
+    assert chosen == {"a": 10, "b": 10, "c": 10, "d": 10, "e": 10}
 
 
-# ------------------------------------------------------------------ downloads
+def test_burst_of_short_uploads_spreads_too() -> None:
+    """Uploads that finish before the next one starts still rotate (recent starts, round-robin)."""
+    reg = SlaveRegistry()
+    for name in ("a", "b", "c"):
+        reg.on_up(SlaveUp(name=name, incarnation="i", data_host="h", max_transfers=10,
+                          disk_total=GB, disk_free=GB), now=0.0)
+        reg.mark_online(name)
+    p = Placement()
+    chosen = collections.Counter()
+    for i in range(30):
+        slave = p.choose("upload", f"/f{i}", reg.loads(0.5)).chosen
+        assert slave is not None
+        reg.transfer_started(slave)
+        reg.transfer_finished(slave)
+        chosen[slave] += 1
+    assert chosen == {"a": 10, "b": 10, "c": 10}
 
-def test_download_none() -> None:
-    assert choose_download_slave([]) is None
-    assert choose_download_slave([load("a", active=3, max_transfers=3)]) is None
+
+def stats(name: str, seq: int, free: int = 50 * GB, up: int = 0, down: int = 0) -> SlaveStats:
+    return SlaveStats(name=name, incarnation="i", seq=seq, ts_ms=0, disk_free=free, disk_total=100 * GB,
+                      load1=0.0, ncpu=4, net_tx_bps=0.0, net_rx_bps=0.0, active_up=up, active_down=down)
 
 
 @pytest.mark.parametrize("holders, expected", [
-    ([load("a", active=3), load("b", active=1), load("c", active=2)], "b"),  # least busy
-    ([load("a", active=1, per_cpu=0.9), load("b", active=1, per_cpu=0.2)], "b"),  # then load
-    ([load("b", active=1, per_cpu=0.5), load("a", active=1, per_cpu=0.5)], "a"),  # then name
-    ([load("a", active=0, per_cpu=5.0), load("b", active=1, per_cpu=0.0)], "a"),
-    ([load("a", active=2, max_transfers=2), load("b", active=9, max_transfers=10)], "b"),  # slots
-    ([load("a", free=0)], "a"),  # free space does not matter for reading
+    ([load("a", active=3), load("b", active=1), load("c", active=2)], "b"),
+    ([load("a", active=1, per_cpu=0.9), load("b", active=1, per_cpu=0.2)], "b"),
+    ([load("a", active=0, per_cpu=0.5), load("b", active=4, per_cpu=0.0)], "a"),
+    ([load("a", active=2, max_transfers=2), load("b", active=9, max_transfers=10)], "b"),
+    ([load("a", active=1, tx_bps=300e6), load("b", active=1)], "b"),  # bandwidth in use
 ])
-def test_download_choice(holders: list[SlaveLoad], expected: str) -> None:
-    assert choose_download_slave(holders) == expected
+def test_download_prefers_holder_with_fewer_active_transfers(holders: list[SlaveLoad], expected: str) -> None:
+    assert Placement().choose("download", "/f", holders).chosen == expected
+
+
+def test_download_holder_with_fewer_transfers_via_stats() -> None:
+    reg = SlaveRegistry()
+    for name, down in (("a", 5), ("b", 1)):
+        reg.on_up(SlaveUp(name=name, incarnation="i", data_host="h", max_transfers=10), now=0.0)
+        reg.mark_online(name)
+        reg.on_stats(stats(name, seq=1, down=down), now=0.0)
+    holders = frozenset({"a", "b"})
+    assert Placement().choose("download", "/f", reg.loads(1.0, holders)).chosen == "b"
+
+
+def test_upload_free_space_and_load_terms() -> None:
+    p = Placement()
+    assert p.evaluate("upload", "/f", [load("a", free=5 * GB), load("b", free=10 * GB)]).chosen == "b"
+    assert p.evaluate("upload", "/f", [load("a", active=1, free=100 * GB), load("b", free=1 * GB)]).chosen == "b"
+    scores = p.evaluate("upload", "/f", [load("a", per_cpu=2.0), load("b")]).scores()
+    assert scores == {"a": pytest.approx(-1.0), "b": pytest.approx(1.0)}
+
+
+def test_weights_switch_terms_off() -> None:
+    p = policy(weights=PlacementWeights(free_space=0.0, active_transfers=0.0, bandwidth=0.0, load=0.0))
+    scores = p.evaluate("upload", "/f", [load("a", active=5, per_cpu=3.0), load("b", free=GB)]).scores()
+    assert scores == {"a": 0.0, "b": 0.0}
+
+
+def test_overwrite_prefers_current_holder() -> None:
+    slaves = [load("a"), load("b", active=7, free=2 * GB)]
+    selection = Placement().choose("upload", "/f", slaves, prefer=frozenset({"b"}))
+    assert selection.chosen == "b" and selection.scores()["b"] > HOLDER_POINTS - 10
+    # a holder that is excluded is not chosen
+    assert Placement().choose("upload", "/f", [load("a"), load("c", free=0)], prefer=frozenset({"c"})).chosen == "a"
+
+
+def test_round_robin_per_direction_and_evaluate_changes_nothing() -> None:
+    p = Placement()
+    slaves = [load("a"), load("b"), load("c")]
+    assert [p.evaluate("upload", "/f", slaves).chosen for _ in range(3)] == ["a", "a", "a"]
+    assert [p.choose("upload", "/f", slaves).chosen for _ in range(4)] == ["a", "b", "c", "a"]
+    assert p.choose("download", "/f", slaves).chosen == "a"  # its own rotation
+
+
+def test_placement_config_from_toml() -> None:
+    config = loads("""
+[placement.upload]
+min_free_bytes = 1000
+min_free_by_slave = { slave1 = 5000 }
+[placement.upload.weights]
+load = 2.5
+[[placement.upload.rules]]
+glob = "/archive/*"
+allow = ["slave3"]
+""", MasterConfig)
+    up = config.placement.upload
+    assert up.min_free_bytes == 1000 and up.min_free_by_slave == {"slave1": 5000}
+    assert up.weights.load == 2.5 and up.rules[0].allow == ["slave3"]
+    assert config.placement.download == DirectionPolicy()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[placement.upload]\nmin_fre_bytes = 1\n", "key placement.upload.min_fre_bytes: unknown key"),
+    ("[placement.sideways]\n", "key placement.sideways: unknown key"),
+    ("[placement.download.weights]\nload = -1\n", "key placement.download.weights.load: expected `float` >= 0.0"),
+    ("[[placement.upload.rules]]\nglob = \"archive/*\"\n",
+     "key placement.upload.rules[0].glob: must be an absolute virtual path pattern"),
+])
+def test_bad_placement_config_is_one_line(text: str, message: str) -> None:
+    from common.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        loads(text, MasterConfig, "m.toml")
+    assert str(info.value) == f"m.toml: {message}"
