@@ -1,4 +1,4 @@
-"""The `ftpcluster` command: one subcommand per role, plus `up` and `hash-password`.
+"""The `ftpcluster` command: one subcommand per role, plus `up`, `stats` and `hash-password`.
 
 This is the only place that parses the command line; each role's `run(config)` does the rest.
 """
@@ -20,6 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--slaves", type=int, default=3, help="number of slaves (default 3)")
     up.add_argument("--data", default="./var", help="data directory (default ./var)")
     up.add_argument("--host", default="127.0.0.1", help="FTP listen address (default 127.0.0.1)")
+    st = sub.add_parser("stats", help="show the slaves' stats live (from the broker's stats feed)")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", help="the broker's stats XPUB (default tcp://127.0.0.1:5553)")
+    where.add_argument("--config", help="a broker or master TOML config to read the endpoint from")
+    st.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    st.add_argument("--json", action="store_true", help="JSON: one object per stats message (with --once: "
+                    "one snapshot object)")
+    st.add_argument("--prometheus", metavar="HOST:PORT", default="", help="serve Prometheus metrics there")
+    st.add_argument("--stale-after", type=float, default=5.0, help="seconds without stats before a slave "
+                    "is shown stale (default 5)")
+    st.add_argument("--offline-after", type=float, default=15.0, help="seconds without stats before a "
+                    "slave is shown offline (default 15)")
     hp = sub.add_parser("hash-password", help="print a password hash for a [[users]] entry")
     hp.add_argument("password", nargs="?", help="the password (read from stdin when omitted)")
     args = parser.parse_args(argv)
@@ -40,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             from common.launcher import run_local_cluster
             return run_local_cluster(port=args.port, slaves=args.slaves, data=args.data,
                                      host=args.host)
+        if args.command == "stats":
+            from common import statstool
+            endpoint = args.endpoint or (statstool.endpoint_from_config(args.config) if args.config
+                                         else statstool.DEFAULT_ENDPOINT)
+            return statstool.run(endpoint, once=args.once, as_json=args.json, prometheus=args.prometheus,
+                                 stale_after=args.stale_after, offline_after=args.offline_after)
         if args.command == "hash-password":
             from master.users import hash_password
             password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")

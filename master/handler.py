@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
 from pyftpdlib.utils import strerror
 
 from common.config import MasterConfig, MasterSection
@@ -71,6 +72,10 @@ def _proto_cmds() -> dict[str, dict[str, Any]]:
                                help="Syntax: SITE SLAVES (list storage slaves; admins only).")
     cmds["SITE STATUS"] = dict(perm=None, auth=True, arg=False,
                                help="Syntax: SITE STATUS (cluster counters; admins only).")
+    cmds["SITE SLAVESELECT"] = dict(perm=None, auth=True, arg=True,
+                                    help="Syntax: SITE SLAVESELECT up|down PATH (placement scores; admins only).")
+    cmds["SITE WHO"] = dict(perm=None, auth=True, arg=False,
+                            help="Syntax: SITE WHO (sessions and their transfers; admins only).")
     return cmds
 
 
@@ -98,6 +103,7 @@ class ClusterFTPHandler(FTPHandler):
         self._deferred = False
         self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
         self._replay_call: Any = None
+        self.connected_at = time.monotonic()
         super().__init__(conn, server, ioloop=ioloop)
         self._extra_feats += ["PRET", "XCRC"]
 
@@ -199,7 +205,20 @@ class ClusterFTPHandler(FTPHandler):
         return passive.listing(self, super().ftp_LIST, path)
 
     def ftp_NLST(self, path: str) -> Any:
-        return passive.listing(self, super().ftp_NLST, path)
+        return passive.listing(self, self._streamed_nlst, path)
+
+    def _streamed_nlst(self, path: str) -> Any:
+        """Stock NLST joins every name in memory; a directory's names are streamed instead."""
+        if not self.fs.isdir(path):
+            return super().ftp_NLST(path)
+        try:
+            names = self.fs.listdir(path)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        lines = (f"{name}\r\n".encode(self.encoding, self.unicode_errors) for name in names)
+        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd="NLST")
+        return path
 
     def ftp_MLSD(self, path: str) -> Any:
         if not self.fs.isdir(path):
@@ -283,8 +302,8 @@ class ClusterFTPHandler(FTPHandler):
                 self.respond(ok_reply)
                 self.end_deferred()
 
-        for slave, cmd in commands:
-            self.cluster.link.request(slave, cmd, functools.partial(on_reply, slave, cmd))
+        for op in commands:  # queued durably with the change: sent now, replayed if unanswered
+            self.cluster.link.send_op(op, functools.partial(on_reply, op.slave, op.cmd))
 
     def ftp_SIZE(self, path: str) -> None:
         # The VFS knows the exact size; unlike stock pyftpdlib there is no ASCII
@@ -304,6 +323,12 @@ class ClusterFTPHandler(FTPHandler):
 
     def ftp_SITE_STATUS(self, line: str) -> None:
         site.site_status(self)
+
+    def ftp_SITE_SLAVESELECT(self, line: str) -> None:
+        site.site_slaveselect(self, line)
+
+    def ftp_SITE_WHO(self, line: str) -> None:
+        site.site_who(self)
 
 
 def build_handler(config: MasterConfig, cluster: Cluster) -> type[ClusterFTPHandler]:

@@ -1,5 +1,5 @@
-"""Commands answered from cluster state: SITE SLAVES and SITE STATUS (admins only), and
-XCRC (whole-file CRC from the VFS, or a range computed by a slave that holds the file).
+"""Commands answered from cluster state: SITE SLAVES, STATUS, SLAVESELECT and WHO (admins
+only), and XCRC (whole-file CRC from the VFS, or a range computed by a slave that holds the file).
 
 Owns the text of those replies (plain functions over the registry and counters); the
 handler only routes the commands here. No sockets.
@@ -7,10 +7,12 @@ handler only routes the commands here. No sockets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common import messages as m
 from master.cluster import SlaveInfo, SlaveState
+from master.placement import Selection
 
 if TYPE_CHECKING:
     from master.handler import ClusterFTPHandler
@@ -27,15 +29,71 @@ def is_admin(authorizer: Any, username: str) -> bool:
         return False
 
 
-def slave_lines(slaves: Iterable[SlaveInfo]) -> list[str]:
-    """One line per slave: ` <name> <state> free=<bytes> total=<bytes> active=<n>`."""
+def _rate(bps: float) -> str:
+    """Bytes per second, short: 0, 512, 1.5K, 12.0M, 1.1G."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if bps >= size:
+            return f"{bps / size:.1f}{unit}"
+    return f"{bps:.0f}"
+
+
+def slave_lines(slaves: Iterable[SlaveInfo], now: float | None = None) -> list[str]:
+    """One line per slave: ` <name> <state> free=<bytes> total=<bytes> active=<n>` (scripts
+    and the launcher parse these first fields), then up=<n> down=<n> (from the last stats),
+    rx=/tx= (bytes/s), load=<load1/ncpu> and stats=<age>s (or stats=none)."""
     lines = []
     for info in sorted(slaves, key=lambda s: s.name):
         stats = info.stats
         free = stats.disk_free if stats is not None else info.disk_free
         total = stats.disk_total if stats is not None else info.disk_total
-        lines.append(f" {info.name} {info.state.value} free={free} total={total} "
-                     f"active={info.dispatched}")
+        line = (f" {info.name} {info.state.value} free={free} total={total} "
+                f"active={info.dispatched}")
+        if stats is not None:
+            line += (f" up={stats.active_up} down={stats.active_down} rx={_rate(stats.net_rx_bps)}"
+                     f" tx={_rate(stats.net_tx_bps)} load={stats.load1 / max(1, stats.ncpu):.2f}")
+            if now is not None:
+                line += f" stats={max(0.0, now - info.stats_at):.0f}s"
+        else:
+            line += " stats=none"
+        lines.append(line)
+    return lines
+
+
+def slaveselect_lines(selection: Selection) -> list[str]:
+    """SITE SLAVESELECT: the choice, then ` <name> score=<x>` or ` <name> excluded: <why>`."""
+    lines = [f" chosen: {selection.chosen or '(none)'}"]
+    for v in selection.verdicts:
+        if v.score is None:
+            lines.append(f" {v.name} excluded: {v.reason}")
+        else:
+            lines.append(f" {v.name} score={v.score:.3f}")
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What SITE WHO shows of one session (built by the handler side, rendered here)."""
+
+    user: str
+    remote: str
+    connected_s: float
+    command: str = ""
+    path: str = ""
+    slave: str = ""
+    bytes: int = 0
+    elapsed_s: float = 0.0
+
+
+def who_lines(sessions: Iterable[SessionView]) -> list[str]:
+    """` <user> <ip:port> connected=<s>s` and, when transferring,
+    ` <CMD> <path> on <slave> <bytes> bytes in <s>s` (bytes are counted only when the master
+    relays them; a slave-to-client transfer shows 0 until it ends)."""
+    lines = []
+    for s in sorted(sessions, key=lambda s: (s.user, s.remote)):
+        line = f" {s.user or '(not logged in)'} {s.remote} connected={s.connected_s:.0f}s"
+        if s.command:
+            line += (f" {s.command} {s.path} on {s.slave} {s.bytes} bytes in {s.elapsed_s:.1f}s")
+        lines.append(line)
     return lines
 
 
@@ -82,7 +140,7 @@ def site_slaves(h: ClusterFTPHandler) -> None:
     if not is_admin(h.authorizer, h.username):
         h.respond("550 Not enough privileges.")
         return
-    lines = slave_lines(h.cluster.registry.slaves.values())
+    lines = slave_lines(h.cluster.registry.slaves.values(), h.cluster.clock())
     h.push("200-Slaves:\r\n" + "".join(f"{line}\r\n" for line in lines))
     h.respond(f"200 {len(lines)} slaves")
 
@@ -95,6 +153,61 @@ def site_status(h: ClusterFTPHandler) -> None:
     lines = status_lines(cluster.relayed.total, len(cluster.sessions), cluster.registry.slaves.values())
     h.push("200-Cluster status:\r\n" + "".join(f"{line}\r\n" for line in lines))
     h.respond("200 End of status.")
+
+
+def site_slaveselect(h: ClusterFTPHandler, arg: str) -> None:
+    """SITE SLAVESELECT up|down PATH: what placement would decide now, and why (no side effect)."""
+    if not is_admin(h.authorizer, h.username):
+        h.respond("550 Not enough privileges.")
+        return
+    direction, _, raw = arg.strip().partition(" ")
+    kinds = {"up": "upload", "upload": "upload", "down": "download", "download": "download",
+             "replication": "replication"}
+    if direction.lower() not in kinds or not raw.strip():
+        h.respond("501 Syntax: SITE SLAVESELECT up|down PATH.")
+        return
+    kind = kinds[direction.lower()]
+    path = h.fs.ftp2fs(raw.strip())
+    now = h.cluster.clock()
+    registry = h.cluster.registry
+    entry = h.fs.lookup(path)
+    holders = entry.slaves if entry is not None and not entry.is_dir else frozenset()
+    if kind == "download":
+        if entry is None or entry.is_dir:
+            h.respond("550 No such file.")
+            return
+        slaves = registry.loads(now, holders)
+    else:
+        slaves = registry.loads(now)
+    prefer = holders if kind == "upload" else frozenset()
+    selection = h.cluster.placement.evaluate(kind, path, slaves, prefer=prefer)  # type: ignore[arg-type]
+    lines = slaveselect_lines(selection)
+    h.push(f"200-Slave selection for {kind} of {path}:\r\n" + "".join(f"{line}\r\n" for line in lines))
+    h.respond(f"200 {len(selection.scores())} eligible, {len(selection.excluded())} excluded.")
+
+
+def site_who(h: ClusterFTPHandler) -> None:
+    if not is_admin(h.authorizer, h.username):
+        h.respond("550 Not enough privileges.")
+        return
+    views = [session_view(s) for s in list(h.cluster.sessions)]
+    lines = who_lines(views)
+    h.push("200-Sessions:\r\n" + "".join(f"{line}\r\n" for line in lines))
+    h.respond(f"200 {len(lines)} sessions.")
+
+
+def session_view(session: Any) -> SessionView:
+    import time as _time
+
+    now = _time.monotonic()
+    transfer = session.current_transfer()
+    connected = max(0.0, now - getattr(session, "connected_at", now))
+    remote = f"{session.remote_ip}:{session.remote_port}"
+    if transfer is None:
+        return SessionView(user=session.username, remote=remote, connected_s=connected)
+    return SessionView(user=session.username, remote=remote, connected_s=connected, command=transfer.kind,
+                       path=transfer.path, slave=transfer.slave, bytes=transfer.progress(),
+                       elapsed_s=now - transfer.created)
 
 
 def xcrc(h: ClusterFTPHandler, arg: str) -> None:

@@ -1,0 +1,192 @@
+"""`ftpcluster stats`: subscribe to the broker's stats feed and show it.
+
+The I/O shell around common.statsview: a SUB socket on the broker's stats XPUB (the
+broker replays its last-value cache to a new subscriber, so a snapshot is complete
+almost at once), a poll loop with a short tick so that staleness shows even when nothing
+arrives, and the outputs: a live rich table (default), `--once` (one snapshot, then
+exit), `--json` (one JSON object per line) and `--prometheus HOST:PORT` (a /metrics
+endpoint served from a thread, reading the board under a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import zmq
+
+from common import wire, zmqsock
+from common.config import BrokerConfig, ConfigError, MasterConfig, load, tomllib
+from common.statsview import OFFLINE_AFTER_S, STALE_AFTER_S, StatsBoard, prometheus_samples, render_table
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5553"
+TICK_S = 0.5
+ONCE_SETTLE_S = 0.5
+"""--once: the snapshot is complete when no new slave has shown up for this long..."""
+ONCE_WAIT_S = 3.0
+"""...or after this long in all (a bit more than one stats interval)."""
+
+
+def endpoint_from_config(path: str) -> str:
+    """The stats XPUB endpoint named by a broker config (stats_out_endpoint) or a master
+    config (master.stats_endpoint); a wildcard bind address becomes 127.0.0.1.
+    Raises ConfigError."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "broker" in raw:
+        endpoint = load(path, BrokerConfig).broker.stats_out_endpoint
+    elif "master" in raw:
+        endpoint = load(path, MasterConfig).master.stats_endpoint
+    else:
+        raise ConfigError(f"{path}: neither a broker nor a master config (no [broker] or [master] table)")
+    return endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """"HOST:PORT" or ":PORT" -> (host, port); raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class StatsFeed:
+    """A SUB socket on the stats XPUB; `poll(timeout)` yields decoded SlaveStats."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmqsock.new_context()
+        self.sock = zmqsock.connected_sub(self.ctx, endpoint, wire.STATS_TOPIC_PREFIX)
+        self.bad_frames = 0
+
+    def poll(self, timeout_s: float) -> Iterator[Any]:
+        if not self.sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                yield wire.decode_stats(frames)
+            except wire.BadFrame:
+                self.bad_frames += 1
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def serve_prometheus(board: StatsBoard, lock: threading.Lock, host: str, port: int,
+                     clock: Callable[[], float] = time.monotonic) -> Any:
+    """Start the /metrics HTTP server (a daemon thread); returns the server."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
+
+    class BoardCollector:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            with lock:
+                samples = prometheus_samples(board, clock())
+            families: dict[str, GaugeMetricFamily] = {}
+            for metric, help_text, labels, value in samples:
+                family = families.get(metric)
+                if family is None:
+                    family = families[metric] = GaugeMetricFamily(metric, help_text, labels=sorted(labels))
+                family.add_metric([labels[k] for k in sorted(labels)], value)
+            yield from families.values()
+
+    # Our own registry: no process/platform collectors of the tool itself.
+    registry = CollectorRegistry()
+    registry.register(BoardCollector())  # type: ignore[arg-type]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def run(endpoint: str, *, once: bool = False, as_json: bool = False, prometheus: str = "",
+        stale_after: float = STALE_AFTER_S, offline_after: float = OFFLINE_AFTER_S,
+        wait: float = ONCE_WAIT_S) -> int:
+    """The `ftpcluster stats` loop; returns the exit code."""
+    from rich.console import Console
+    from rich.live import Live
+
+    board = StatsBoard(stale_after=stale_after, offline_after=offline_after)
+    lock = threading.Lock()
+    stopping: list[int] = []
+    out = sys.stdout
+
+    def emit(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj, sort_keys=True) + "\n")
+        out.flush()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    feed = StatsFeed(endpoint)
+    server = None
+    live = None
+    try:
+        if prometheus:
+            host, port = parse_hostport(prometheus)
+            server = serve_prometheus(board, lock, host, port)
+            print(f"ftpcluster stats: serving metrics on http://{host}:{port}/metrics (feed {endpoint})",
+                  file=sys.stderr, flush=True)
+        if once:
+            began = time.monotonic()
+            last_new = None
+            while not stopping:
+                now = time.monotonic()
+                if now - began >= wait or (last_new is not None and now - last_new >= ONCE_SETTLE_S):
+                    break
+                for stats in feed.poll(0.1):
+                    known = stats.name in board.rows
+                    board.update(stats, time.monotonic(), time.time())
+                    if not known:
+                        last_new = time.monotonic()
+            now = time.monotonic()
+            if as_json:
+                emit(board.snapshot(now))
+            else:
+                Console(soft_wrap=False).print(render_table(board, now))
+            return 0
+        if not as_json and not prometheus:
+            live = Live(render_table(board, time.monotonic()), auto_refresh=False, console=Console())
+            live.start()
+        while not stopping:
+            for stats in feed.poll(TICK_S):
+                now = time.monotonic()
+                with lock:
+                    kept = board.update(stats, now, time.time())
+                if kept and as_json:
+                    emit({"event": "stats", "slave": board.slave(stats.name, now)})
+            now = time.monotonic()
+            with lock:
+                changes = board.changes(now)
+            if as_json:
+                for name, state in changes:
+                    emit({"event": "state", "name": name, "state": state})
+            if live is not None:
+                live.update(render_table(board, now), refresh=True)
+        return 0
+    except ValueError as exc:
+        print(f"ftpcluster stats: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ftpcluster stats: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if live is not None:
+            live.stop()
+        if server is not None:
+            server.shutdown()
+        feed.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
