@@ -105,11 +105,16 @@ class Delete(Message):
 
 
 class Rename(Message):
-    """Rename a file or directory tree, creating the destination's parents; missing src is success."""
+    """Rename a file or directory tree, creating the destination's parents; missing src is success.
+
+    `replace` False: an existing destination is an error (EEXIST) instead of being replaced
+    (the rename of a merge conflict's copy never destroys a file).
+    """
 
     req_id: int
     src: str
     dst: str
+    replace: bool = True
 
 
 class MakeDir(Message):
@@ -134,11 +139,19 @@ class Checksum(Message):
 
 
 class InventoryRequest(Message):
-    """Next page of scan `scan` (a new scan id starts a fresh walk of the root)."""
+    """Next page of scan `scan` (a new scan id starts a fresh walk).
+
+    `mode`: "walk" lists every directory and file under the root (pre-order);
+    "summary" reports one DirSummary per directory, the root "/" included (pre-order);
+    "dirs" lists the direct entries of each directory in `dirs`, in that order (a missing
+    one lists nothing). `dirs` is read when the scan starts.
+    """
 
     req_id: int
     scan: int
     limit: int = 1000
+    mode: str = "walk"
+    dirs: list[str] = []
 
 
 SlaveCommand = Union[
@@ -192,11 +205,22 @@ class InventoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     mtime_ms: int
 
 
+class DirSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One directory of a slave: `digest` covers its direct entries (name, type, size and
+    mtime_ns of files; name of subdirectories), so it changes when any of them changes."""
+
+    path: str
+    digest: int
+    files: int = 0
+    dirs: int = 0
+
+
 class InventoryPage(Message):
     req_id: int
     scan: int
     entries: list[InventoryEntry]
     last: bool
+    summaries: list[DirSummary] = []
 
 
 class ChecksumResult(Message):

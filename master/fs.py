@@ -15,12 +15,13 @@ import os
 import posixpath
 import stat as stat_mod
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from common import messages as m
-from master.vfs import Entry
+from master.opqueue import QueuedOp
+from master.vfs import LISTDIR_BATCH, Entry
 
 if TYPE_CHECKING:
     from master.vfs import VirtualFS
@@ -33,8 +34,9 @@ DEFAULT_GROUP = "ftpcluster"
 LISTING_CACHE_S = 2.0
 """How long entries read by listdir() serve the stat() calls of the listing that follows."""
 
-SlaveCommands = list[tuple[str, m.SlaveCommand]]
-"""What the slaves must do after a metadata change: (slave, command with req_id 0)."""
+SlaveCommands = list[QueuedOp]
+"""What the slaves must do after a metadata change, already queued durably in the same
+transaction as the change (the caller sends them; each leaves the queue once answered)."""
 
 
 PART_PREFIX = ".ftpc-part."
@@ -142,13 +144,17 @@ class VirtualFilesystem(AbstractedFS):
             raise _oserror(errno.ENOTDIR, path)
         self.cwd = path
 
-    def listdir(self, path: str) -> list[str]:
-        entries = list(self.vfs.listdir(path))
-        # format_list/format_mlsx stat every name right after this: serve them from the
-        # same snapshot instead of one SQLite query per entry.
-        self._cache = {e.path: e for e in entries}
+    def listdir(self, path: str) -> "Listing":
+        """The names in directory `path`, streamed (see Listing). Raises OSError at once."""
+        return Listing(self, self.vfs.listdir(path))
+
+    def _remember(self, entry: Entry) -> None:
+        """Keep `entry` for the stat() that format_list/format_mlsx make right after reading
+        its name (bounded: at most two VFS batches are kept)."""
+        if len(self._cache) >= 2 * LISTDIR_BATCH:
+            self._cache.clear()
+        self._cache[entry.path] = entry
         self._cache_at = time.monotonic()
-        return [e.name for e in entries]
 
     def _id(self, name: str) -> int:
         ident = self._ids.get(name)
@@ -197,18 +203,27 @@ class VirtualFilesystem(AbstractedFS):
             raise FilesystemError("File name not allowed.")
         self.vfs.mkdir(path, self._owner(), DEFAULT_GROUP, time.time())
 
+    def _every_slave(self) -> set[str]:
+        """Slaves that may have a directory on disk without holding a file under it."""
+        return set(self.vfs.known_slaves()) | set(self._online())
+
     def rmdir(self, path: str) -> SlaveCommands:
         self._cache.clear()
         if path == "/":
             raise FilesystemError("Can't remove root directory.")
-        self.vfs.rmdir(path)
-        # An empty directory has no holders, but slaves may still have it on disk.
-        return [(slave, m.RemoveDir(req_id=0, path=path)) for slave in self._online()]
+        with self.vfs.transaction():
+            self.vfs.rmdir(path)
+            # An empty directory has no holders, but slaves (offline ones too) may still
+            # have it on disk: a merge would bring it back.
+            return self.vfs.enqueue((slave, m.RemoveDir(req_id=0, path=path))
+                                    for slave in sorted(self._every_slave()))
 
     def remove(self, path: str) -> SlaveCommands:
         self._cache.clear()
-        entry = self.vfs.remove(path)
-        return [(slave, m.Delete(req_id=0, path=path)) for slave in sorted(entry.slaves)]
+        with self.vfs.transaction():
+            entry = self.vfs.remove(path)
+            return self.vfs.enqueue((slave, m.Delete(req_id=0, path=path))
+                                    for slave in sorted(entry.slaves))
 
     def rename(self, src: str, dst: str) -> SlaveCommands:
         self._cache.clear()
@@ -216,8 +231,13 @@ class VirtualFilesystem(AbstractedFS):
             raise _oserror(errno.EINVAL, src)
         if reserved_name(dst):
             raise FilesystemError("File name not allowed.")
-        holders = self.vfs.rename(src, dst)
-        return [(slave, m.Rename(req_id=0, src=src, dst=dst)) for slave in sorted(holders)]
+        with self.vfs.transaction():
+            before = self.vfs.lookup(src)
+            holders = self.vfs.rename(src, dst)
+            if before is not None and before.is_dir:
+                holders |= self._every_slave()
+            return self.vfs.enqueue((slave, m.Rename(req_id=0, src=src, dst=dst))
+                                    for slave in sorted(holders))
 
     def utime(self, path: str, timeval: float) -> None:
         self._cache.clear()
@@ -236,3 +256,25 @@ class VirtualFilesystem(AbstractedFS):
 
     def symlink(self, src: str, dst: str) -> None:
         raise FilesystemError("symbolic links are not supported")
+
+
+class Listing:
+    """A directory's names for pyftpdlib's LIST/MLSD, streamed from the VFS in batches.
+
+    pyftpdlib calls sort() (the VFS already yields names in order), then format_list or
+    format_mlsx pulls names 20 at a time per producer call and stats each one right away:
+    every entry read is remembered by the filesystem so that stat() is served from the
+    batch instead of one SQLite query per entry. Nothing holds the whole listing.
+    """
+
+    def __init__(self, fs: VirtualFilesystem, entries: Iterator[Entry]) -> None:
+        self._fs = fs
+        self._entries = entries
+
+    def sort(self) -> None:
+        """Already sorted by name (the VFS order)."""
+
+    def __iter__(self) -> Iterator[str]:
+        for entry in self._entries:
+            self._fs._remember(entry)
+            yield entry.name

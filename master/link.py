@@ -3,8 +3,8 @@
 Owns the DEALER to the broker and the SUB on the stats feed, registration and liveness
 (MasterHello, heartbeats, re-hello after silence or Disconnect), the table of requests
 in flight (req_id -> callback, swept for timeouts), routing TransferDone to the transfer
-that owns its xfer_id (always answering DoneAck), and the paged inventory merge of a
-slave that (re)joins. It makes no FTP decisions and never blocks the loop.
+that owns its xfer_id (always answering DoneAck), and starting the replay of queued
+operations and the inventory merge of a slave that (re)joins (master.syncer). It makes no FTP decisions and never blocks the loop.
 
 The zmq FD is edge-triggered: every socket is drained once after registering, on every
 read event, and again (call_later(0), deduplicated) after every send.
@@ -27,14 +27,13 @@ from common import wire
 from common import zmqsock
 from common.config import MasterSection
 from master.cluster import SlaveRegistry, SlaveState
+from master.opqueue import QueuedOp
+from master.syncer import SlaveSync
 from master.vfs import VirtualFS
 
 log = logging.getLogger(__name__)
 
 SWEEP_S = 0.25
-INVENTORY_PAGE = 1000
-MERGE_RETRY_S = 2.0
-MERGE_MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +61,6 @@ class _Pending:
     slave: str
     deadline: float
     callback: Callback
-
-
-@dataclass(slots=True)
-class _Merge:
-    slave: str
-    incarnation: str
-    generation: int
-    scan: int
-    attempts: int
-    adopted: int = 0
-    confirmed: int = 0
-    conflicts: int = 0
 
 
 class _ZmqReader:
@@ -143,7 +130,8 @@ class BrokerLink:
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
         self._watchers: dict[int, tuple[str, TransferWatcher]] = {}
-        self._merges: dict[str, _Merge] = {}
+        self.syncer = SlaveSync(self, vfs, registry)
+        """Queued slave operations and inventory merges (master.syncer)."""
         self._hello_pending = True
         self._last_recv = clock()
         self._last_send = 0.0
@@ -332,14 +320,14 @@ class BrokerLink:
             # Whatever was in flight to the old process died with it.
             self._fail_slave(msg.name, "slave restarted")
         if start_merge:
-            self._start_merge(msg.name, msg.incarnation, attempts=0)
+            self.syncer.start(msg.name, msg.incarnation)
 
     def _on_slave_down(self, msg: m.SlaveDown) -> None:
         info = self.registry.on_down(msg.name, msg.incarnation)
         if info is None:
             return
         log.warning("slave %s down: %s", msg.name, msg.reason)
-        self._merges.pop(msg.name, None)
+        self.syncer.cancel(msg.name)
         self._fail_slave(msg.name, f"slave {msg.name} went down")
 
     def _fail_slave(self, slave: str, reason: str) -> None:
@@ -355,7 +343,7 @@ class BrokerLink:
         names = self.registry.all_offline()
         if names:
             log.warning("broker lost (%s): slaves %s unreachable", reason, ", ".join(sorted(names)))
-        self._merges.clear()
+        self.syncer.cancel_all()
         for req_id in list(self._pending):
             pending = self._pending.pop(req_id, None)
             if pending is not None:
@@ -363,51 +351,18 @@ class BrokerLink:
         for _xfer_id, (_slave, watcher) in list(self._watchers.items()):
             self._safe_call(watcher.on_lost, reason)
 
-    # ------------------------------------------------------------ inventory merge
-    def _start_merge(self, slave: str, incarnation: str, attempts: int) -> None:
-        try:
-            generation = self.vfs.begin_merge(slave)
-        except Exception:
-            log.exception("cannot start merging %s", slave)
-            return
-        job = _Merge(slave, incarnation, generation, scan=self.new_xfer_id(), attempts=attempts)
-        self._merges[slave] = job
-        self._request_page(job)
+    # ------------------------------------------------------------ queued operations, merges
+    def send_op(self, op: QueuedOp, callback: Callback | None = None) -> None:
+        """Send an operation from the durable queue (see SlaveSync.send_op)."""
+        self.syncer.send_op(op, callback)
 
-    def _request_page(self, job: _Merge) -> None:
-        cmd = m.InventoryRequest(req_id=0, scan=job.scan, limit=INVENTORY_PAGE)
-        self.request(job.slave, cmd, functools.partial(self._on_page, job))
-
-    def _on_page(self, job: _Merge, reply: Reply) -> None:
-        if self._merges.get(job.slave) is not job:
-            return
-        if not isinstance(reply, m.InventoryPage):
-            del self._merges[job.slave]
-            log.warning("inventory of %s failed: %s", job.slave, reply)
-            info = self.registry.slaves.get(job.slave)
-            if (info is not None and info.incarnation == job.incarnation
-                    and info.state is not SlaveState.OFFLINE and job.attempts < MERGE_MAX_ATTEMPTS):
-                self.ioloop.call_later(MERGE_RETRY_S, self._retry_merge, job)
-            return
-        stats = self.vfs.merge_page(job.slave, job.generation, reply.entries)
-        job.adopted += stats.adopted
-        job.confirmed += stats.confirmed
-        job.conflicts += stats.conflicts
-        if not reply.last:
-            self._request_page(job)
-            return
-        final = self.vfs.finish_merge(job.slave, job.generation)
-        del self._merges[job.slave]
-        self.registry.mark_online(job.slave)
-        log.info("slave %s online: adopted=%d confirmed=%d conflicts=%d dropped=%d", job.slave,
-                 job.adopted, job.confirmed, job.conflicts, final.dropped)
-
-    def _retry_merge(self, job: _Merge) -> None:
-        info = self.registry.slaves.get(job.slave)
-        if (info is None or info.incarnation != job.incarnation or job.slave in self._merges
-                or info.state is SlaveState.OFFLINE or info.merged):
-            return
-        self._start_merge(job.slave, job.incarnation, job.attempts + 1)
+    def remerge(self, slave: str, full: bool = True) -> bool:
+        """Merge `slave`'s inventory again now (SITE REMERGE); False if it is offline or unknown."""
+        info = self.registry.slaves.get(slave)
+        if info is None or info.state is SlaveState.OFFLINE:
+            return False
+        self.syncer.start(slave, info.incarnation, full=full)
+        return True
 
     # ------------------------------------------------------------ timers
     def _tick(self) -> None:
@@ -429,6 +384,8 @@ class BrokerLink:
             self._send_hello()
         elif self.connected and now - self._last_send >= self.heartbeat_s:
             self._send(m.Heartbeat())
+        if self.connected:
+            self.syncer.tick(now)
         expired = [r for r, p in self._pending.items() if p.deadline <= now]
         for req_id in expired:
             pending = self._pending.pop(req_id, None)

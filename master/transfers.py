@@ -360,8 +360,11 @@ class Transfer:
             return  # the slave left the previous file (if any) untouched
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:
-            _entry, stale = vfs.record_upload(self.path, self.slave, msg.size, msg.crc32, mtime,
-                                              self.owner, "ftpcluster")
+            with vfs.transaction():  # the new record and the stale copies' Deletes, at once
+                _entry, stale = vfs.record_upload(self.path, self.slave, msg.size, msg.crc32, mtime,
+                                                  self.owner, "ftpcluster")
+                stale_ops = vfs.enqueue((other, m.Delete(req_id=0, path=self.path))
+                                        for other in sorted(stale))
         except OSError as exc:
             log.warning("upload of %s on %s not recorded (%s): deleting it", self.path, self.slave, exc)
             self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
@@ -369,8 +372,8 @@ class Transfer:
                 self._done = m.TransferDone(xfer_id=msg.xfer_id, ok=False, bytes=msg.bytes, size=msg.size,
                                             error=exc.strerror or "cannot record", errno=0)
             return
-        for other in sorted(stale):
-            self.cluster.link.notify(other, m.Delete(req_id=0, path=self.path))
+        for op in stale_ops:
+            self.cluster.link.send_op(op)
 
 
 # ---------------------------------------------------------------- the commands

@@ -7,9 +7,15 @@ Paths are virtual, absolute and normalised ("/", "/a", "/a/b"); see `normalize`.
 
 Storage: one row per file or directory in `entries` (a parent pointer plus a name, so
 renaming a directory touches one row), one row per (file, slave) in `replicas`, and a
-merge generation per slave in `slave_gens`. WAL with synchronous=NORMAL: a committed
-change survives a crash of the master process (not necessarily a power cut of the host).
-One connection, used from one thread; invariant: every file has at least one replica.
+merge generation per slave in `slave_gens`. The inventory merge (master.merge) adds
+`dir_summaries` and `merge_stage`; the durable queue of slave operations (master.opqueue)
+adds `pending_ops`. Both are mixins of VirtualFS sharing its one connection.
+
+Durability: WAL; client-facing changes commit with synchronous=FULL (the WAL is fsynced
+before the method returns: a change survives a crash of the process and of the host);
+merge pages commit with synchronous=NORMAL (survives a crash of the process; a lost page
+is merged again from the slave). One connection, used from one thread; invariant: every
+file has at least one replica. Memory: a bounded LRU of directory ids, nothing else.
 """
 
 from __future__ import annotations
@@ -18,23 +24,25 @@ import errno
 import logging
 import sqlite3
 from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Iterator
 
-from common.messages import InventoryEntry
+from master.merge import MergeMixin, MergeStats
+from master.opqueue import OpQueueMixin, QueuedOp
+from master.vpath import (ADOPTED_OWNER, MAX_NAME_BYTES, ROOT_ID, Entry, VfsError, join as _join,
+                          normalize, split as _split, vfs_error)
+
+__all__ = ["ADOPTED_OWNER", "MAX_NAME_BYTES", "ROOT_ID", "Entry", "MergeStats", "QueuedOp",
+           "VfsError", "VirtualFS", "normalize", "vfs_error", "LISTDIR_BATCH"]
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_BYTES = 255
-ROOT_ID = 1
-ADOPTED_OWNER = "ftpcluster"
-"""Owner and group of files and directories learnt from a slave's inventory."""
 LISTDIR_BATCH = 512
 """Rows fetched per query while streaming a directory listing."""
 DIR_CACHE_SIZE = 16384
 """Directory path -> row id entries kept in memory."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: entries, replicas, slave_gens. 2: + pending_ops, dir_summaries, merge_stage (additive)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries(
@@ -60,6 +68,27 @@ CREATE TABLE IF NOT EXISTS slave_gens(
     slave TEXT PRIMARY KEY,
     gen INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_ops(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slave TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_ops_by_slave ON pending_ops(slave, id);
+CREATE TABLE IF NOT EXISTS dir_summaries(
+    slave TEXT NOT NULL,
+    path TEXT NOT NULL,
+    digest INTEGER NOT NULL,
+    PRIMARY KEY(slave, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS merge_stage(
+    slave TEXT NOT NULL,
+    path TEXT NOT NULL,
+    digest INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    PRIMARY KEY(slave, path)
+) WITHOUT ROWID;
 """
 
 # Columns of every entry query, in the order `_entry` reads them.
@@ -75,96 +104,13 @@ WITH RECURSIVE t(id, is_dir) AS (
 """
 
 
-class VfsError(OSError):
-    """An OSError with an errno (ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL)."""
-
-
-def vfs_error(code: int, path: str) -> VfsError:
-    import os
-    return VfsError(code, os.strerror(code), path)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    path: str
-    is_dir: bool
-    size: int
-    mtime: float
-    """Seconds since the epoch."""
-    owner: str
-    group: str
-    crc32: int | None
-    slaves: frozenset[str]
-    """Slaves holding the file (empty for directories)."""
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1] or "/"
-
-
-@dataclass(frozen=True, slots=True)
-class MergeStats:
-    adopted: int
-    """Files the master did not know, now recorded with this slave as holder."""
-    confirmed: int
-    """Known files this slave holds with the same size."""
-    conflicts: int
-    """Same path, different size than the other holders: not merged (logged)."""
-    dropped: int
-    """Files this slave no longer has: it lost the file (and files with no holder left are removed)."""
-    updated: int = 0
-    """Known files whose only holder is this slave, with another size: size and mtime taken
-    from the slave, CRC32 forgotten (not counted in `confirmed`)."""
-
-
-def normalize(path: str, cwd: str = "/") -> str:
-    """Absolute, normalised virtual path; `..` never climbs above "/".
-
-    Raises VfsError(EINVAL) for a path containing NUL or a component longer than 255 bytes,
-    and for a component that is not encodable as UTF-8 (a lone surrogate).
-
-    >>> normalize("b/../c//d/", "/a")
-    '/a/c/d'
-    """
-    if "\x00" in path or "\x00" in cwd:
-        raise vfs_error(errno.EINVAL, path.replace("\x00", "\\0"))
-    if not path.startswith("/"):
-        path = f"{cwd}/{path}"
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        try:
-            size = len(part.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise vfs_error(errno.EINVAL, path.encode("utf-8", "backslashreplace").decode()) from None
-        if size > MAX_NAME_BYTES:
-            raise vfs_error(errno.EINVAL, path)
-        parts.append(part)
-    return "/" + "/".join(parts)
-
-
-def _split(path: str) -> tuple[str, str]:
-    """"/a/b" -> ("/a", "b"); "/a" -> ("/", "a")."""
-    parent, _, name = path.rpartition("/")
-    return parent or "/", name
-
-
-def _join(parent: str, name: str) -> str:
-    return f"/{name}" if parent == "/" else f"{parent}/{name}"
-
-
 def _entry(path: str, row: tuple) -> Entry:
     _id, is_dir, size, mtime, owner, grp, crc32, slaves = row
     return Entry(path=path, is_dir=bool(is_dir), size=size, mtime=mtime, owner=owner, group=grp,
                  crc32=crc32, slaves=frozenset(slaves.split("/")) if slaves else frozenset())
 
 
-class VirtualFS:
+class VirtualFS(MergeMixin, OpQueueMixin):
     """SQLite-backed metadata tree. One instance per master process, used from its IOLoop only."""
 
     def __init__(self, db_path: str) -> None:
@@ -172,16 +118,19 @@ class VirtualFS:
         # isolation_level=None: no implicit transactions; `_tx` issues BEGIN/COMMIT itself.
         self._db = sqlite3.connect(db_path, isolation_level=None)
         self._dirs: OrderedDict[str, int] = OrderedDict()
+        self._depth = 0
+        self._sync_full = True
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA cache_size=-32768")
+        db.execute("PRAGMA journal_size_limit=8388608")  # the WAL shrinks back after a big merge
         with self._tx():
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise RuntimeError(f"{db_path}: unknown metadata schema version {version}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -197,16 +146,38 @@ class VirtualFS:
 
     # ------------------------------------------------------------ internals
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back (and the directory cache dropped) on any error."""
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back (and the directory cache dropped) on any error.
+
+        Re-entrant: a nested `_tx` joins the outer transaction (only the outermost commits,
+        and its `durable` decides the synchronous mode: FULL when True, NORMAL otherwise).
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._db
+            finally:
+                self._depth -= 1
+            return
+        if durable != self._sync_full:
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._sync_full = durable
         self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self._db
         except BaseException:
+            self._depth = 0
             self._db.execute("ROLLBACK")
             self._dirs.clear()  # it may hold ids of rows the rollback removed
             raise
+        self._depth = 0
         self._db.execute("COMMIT")
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Group several mutations (say a remove and the queued slave operations that follow
+        from it) into one durable commit: all or nothing."""
+        return self._tx()
 
     def _cache(self, path: str, entry_id: int) -> None:
         self._dirs[path] = entry_id
@@ -418,6 +389,8 @@ class VirtualFS:
                 raise vfs_error(errno.EEXIST, dst)
             slaves = self.slaves_under(src)
             db.execute("UPDATE entries SET parent = ?, name = ? WHERE id = ?", (parent_id, name, row[0]))
+            if row[1]:
+                self._move_summaries(src, dst)
         if row[1]:
             self._forget(src)
         return slaves
@@ -454,6 +427,8 @@ class VirtualFS:
             # The slave's current merge generation: a merge running now must not drop this file.
             db.execute("INSERT INTO replicas(entry, slave, gen) VALUES (?, ?, ?)",
                        (entry_id, slave, self._gen(slave)))
+            self._note_new_replica(slave, parent)
+            self._cancel_queued_deletes(slave, path)
         return Entry(path, False, size, mtime, owner, group, crc32, frozenset((slave,))), stale
 
     def set_mtime(self, path: str, mtime: float) -> None:
@@ -479,153 +454,4 @@ class VirtualFS:
             db.execute("DELETE FROM replicas WHERE entry = ? AND slave = ?", (row[0], slave))
             if not self._holders(row[0]):
                 db.execute("DELETE FROM entries WHERE id = ?", (row[0],))
-
-    # ------------------------------------------------------------ inventory merge (a slave joined)
-    def begin_merge(self, slave: str) -> int:
-        """Start merging `slave`'s inventory; returns a merge generation for this slave.
-
-        A new generation supersedes any merge of the same slave still running: pages and the
-        finish of an older generation are then ignored.
-        """
-        with self._tx() as db:
-            db.execute("INSERT INTO slave_gens(slave, gen) VALUES (?, 1)"
-                       " ON CONFLICT(slave) DO UPDATE SET gen = gen + 1", (slave,))
-            return self._gen(slave)
-
-    def current_generation(self, slave: str) -> int:
-        """The latest generation `begin_merge` returned for `slave` (0 if never merged)."""
-        return self._gen(slave)
-
-    def merge_page(self, slave: str, generation: int, entries: Iterable[InventoryEntry]) -> MergeStats:
-        """Merge one page: directories are created as needed; unknown files are adopted
-        (owner/group "ftpcluster", crc32 None); a known file with equal size gains `slave`; a
-        different size is a conflict, counted and left alone.
-
-        A different size where `slave` is the file's only holder is taken as the new content
-        (`updated`). A directory where the tree has a file, or the reverse, or an invalid path,
-        is a conflict. A page of a superseded generation changes nothing.
-        """
-        if generation != self._gen(slave):
-            log.warning("merge %s: page of generation %d ignored (current %d)",
-                        slave, generation, self._gen(slave))
-            return MergeStats(0, 0, 0, 0)
-        counts = {"adopted": 0, "confirmed": 0, "conflicts": 0, "updated": 0}
-        with self._tx():
-            for item in entries:
-                outcome = self._merge_one(slave, generation, item)
-                if outcome:
-                    counts[outcome] += 1
-        return MergeStats(counts["adopted"], counts["confirmed"], counts["conflicts"], 0,
-                          counts["updated"])
-
-    def _merge_one(self, slave: str, gen: int, item: InventoryEntry) -> str | None:
-        """Merge one inventory entry; returns the MergeStats counter to bump, if any."""
-        db = self._db
-        mtime = item.mtime_ms / 1000.0
-        try:
-            path = normalize(item.path)
-        except VfsError:
-            log.warning("merge %s: invalid path %r: conflict", slave, item.path)
-            return "conflicts"
-        if path == "/":
-            if item.is_dir:
-                return None
-            log.warning("merge %s: a file at the root path: conflict", slave)
-            return "conflicts"
-        parent, name = _split(path)
-        try:
-            parent_id = self._makedirs(parent, mtime)
-        except VfsError:
-            log.warning("merge %s: %s: a parent is a file here: conflict", slave, path)
-            return "conflicts"
-        row = self._child(parent_id, name)
-        if row is not None and bool(row[1]) != item.is_dir:
-            log.warning("merge %s: %s is a %s on the slave and a %s here: conflict", slave, path,
-                        "directory" if item.is_dir else "file", "directory" if row[1] else "file")
-            return "conflicts"
-        if item.is_dir:
-            if row is None:
-                entry_id = db.execute(
-                    "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
-                    " VALUES (?, ?, 1, 0, ?, ?, ?)",
-                    (parent_id, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
-                self._cache(path, entry_id)
-            return None
-        upsert = ("INSERT INTO replicas(entry, slave, gen) VALUES (?, ?, ?)"
-                  " ON CONFLICT(entry, slave) DO UPDATE SET gen = excluded.gen")
-        if row is None:
-            entry_id = db.execute(
-                "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp, crc32)"
-                " VALUES (?, ?, 0, ?, ?, ?, ?, NULL)",
-                (parent_id, name, item.size, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
-            db.execute(upsert, (entry_id, slave, gen))
-            return "adopted"
-        entry_id, size = row[0], row[2]
-        if item.size == size:
-            db.execute(upsert, (entry_id, slave, gen))
-            return "confirmed"
-        others = self._holders(entry_id) - {slave}
-        if not others:
-            db.execute("UPDATE entries SET size = ?, mtime = ?, crc32 = NULL WHERE id = ?",
-                       (item.size, mtime, entry_id))
-            db.execute(upsert, (entry_id, slave, gen))
-            return "updated"
-        log.warning("merge %s: %s has %d bytes there, %d bytes on %s: conflict, not merged",
-                    slave, path, item.size, size, ",".join(sorted(others)))
-        return "conflicts"
-
-    def _makedirs(self, path: str, mtime: float) -> int:
-        """Id of directory `path`, creating missing ones (adopted). Raises ENOTDIR.
-
-        Iterative: an inventory may hold trees deeper than Python's recursion limit.
-        """
-        try:
-            return self._dir_id(path)
-        except VfsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        current, walked = ROOT_ID, ""
-        for name in path[1:].split("/"):
-            walked = f"{walked}/{name}"
-            cached = self._dirs.get(walked)
-            if cached is not None:
-                current = cached
-                continue
-            row = self._db.execute("SELECT id, is_dir FROM entries WHERE parent = ? AND name = ?",
-                                   (current, name)).fetchone()
-            if row is None:
-                current = self._db.execute(
-                    "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
-                    " VALUES (?, ?, 1, 0, ?, ?, ?)",
-                    (current, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
-            elif not row[1]:
-                raise vfs_error(errno.ENOTDIR, walked)
-            else:
-                current = row[0]
-            self._cache(walked, current)
-        return current
-
-    def finish_merge(self, slave: str, generation: int) -> MergeStats:
-        """Files `slave` held that were not seen in this merge lose it; files left with no
-        holder are removed. Returns counts (only `dropped` is non-zero).
-
-        A superseded generation changes nothing.
-        """
-        if generation != self._gen(slave):
-            log.warning("merge %s: finish of generation %d ignored (current %d)",
-                        slave, generation, self._gen(slave))
-            return MergeStats(0, 0, 0, 0)
-        with self._tx() as db:
-            db.execute("DELETE FROM temp.picked")
-            db.execute("INSERT INTO temp.picked SELECT entry FROM replicas WHERE slave = ? AND gen < ?",
-                       (slave, generation))
-            dropped = db.execute("DELETE FROM replicas WHERE slave = ? AND gen < ?",
-                                 (slave, generation)).rowcount
-            removed = db.execute(
-                "DELETE FROM entries WHERE id IN (SELECT id FROM temp.picked) AND is_dir = 0"
-                " AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.entry = entries.id)").rowcount
-            db.execute("DELETE FROM temp.picked")
-        if dropped:
-            log.info("merge %s: %d files no longer on the slave, %d removed (no holder left)",
-                     slave, dropped, removed)
-        return MergeStats(0, 0, 0, dropped)
+            self.invalidate_summary(slave, _split(path)[0])

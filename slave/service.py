@@ -266,8 +266,11 @@ class SlaveService:
                 self.unacked.pop(xfer_id, None)
             case m.Delete(req_id=req_id, path=path):
                 self.op(req_id, self.storage.delete, path)
-            case m.Rename(req_id=req_id, src=src, dst=dst):
-                self.op(req_id, self.storage.rename, src, dst)
+            case m.Rename(req_id=req_id, src=src, dst=dst, replace=replace):
+                if replace:
+                    self.op(req_id, self.storage.rename, src, dst)
+                else:
+                    self.op(req_id, functools.partial(self.storage.rename, replace=False), src, dst)
             case m.MakeDir(req_id=req_id, path=path):
                 self.op(req_id, self.storage.mkdir, path)
             case m.RemoveDir(req_id=req_id, path=path):
@@ -321,7 +324,12 @@ class SlaveService:
     def on_inventory(self, msg: m.InventoryRequest) -> None:
         walk = self.scans.pop(msg.scan, None)
         if walk is None:
-            walk = self.storage.inventory()
+            if msg.mode == "summary":
+                walk = self.storage.summaries()
+            elif msg.mode == "dirs":
+                walk = self.storage.list_dirs(list(msg.dirs))
+            else:
+                walk = self.storage.inventory()
             while len(self.scans) >= MAX_OPEN_SCANS:
                 old, _ = self.scans.popitem(last=False)
                 log.warning("inventory scan %d dropped (too many open scans)", old)
@@ -336,6 +344,10 @@ class SlaveService:
             entries.append(entry)
             budget -= len(entry.path.encode()) + 64
         last = msg.scan not in self.scans
+        if msg.mode == "summary":
+            self.send(m.InventoryPage(req_id=msg.req_id, scan=msg.scan, entries=[], last=last,
+                                      summaries=entries))  # type: ignore[arg-type]
+            return
         self.send(m.InventoryPage(req_id=msg.req_id, scan=msg.scan, entries=entries, last=last))
 
     # ------------------------------------------------------------ shutdown

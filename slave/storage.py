@@ -12,6 +12,7 @@ Everything here is synchronous and may block on the disk; callers decide which t
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from common.messages import InventoryEntry
+from common.messages import DirSummary, InventoryEntry
 
 TEMP_PREFIX = ".ftpc-part."
 """Name prefix of upload temp files; such names are hidden from the inventory and refused."""
@@ -106,11 +107,12 @@ class Storage:
             except FileNotFoundError:
                 pass
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, replace: bool = True) -> None:
         """Rename a file or tree, creating dst's parents; missing src is success.
 
-        An existing destination file is replaced; an existing destination directory is an
-        error (IsADirectoryError), as is moving a directory into itself.
+        An existing destination file is replaced (FileExistsError instead when `replace` is
+        False); an existing destination directory is an error (IsADirectoryError), as is
+        moving a directory into itself.
         """
         rsrc = self.real(src, allow_root=False)
         rdst = self.real(dst, allow_root=False)
@@ -128,6 +130,8 @@ class Storage:
             dst_st = None
         if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "destination is a directory")
+        if dst_st is not None and not replace:
+            raise FileExistsError(errno.EEXIST, "destination exists")
         self._makedirs(rdst.parent)
         os.rename(rsrc, rdst)
 
@@ -200,6 +204,46 @@ class Storage:
             else:
                 yield InventoryEntry(path=vpath, is_dir=False, size=st.st_size,
                                      mtime_ms=_mtime_ms(st))
+
+    def summaries(self) -> Iterator[DirSummary]:
+        """One DirSummary per directory, the root "/" first, then pre-order (a directory
+        before its subdirectories, names sorted). The digest covers each direct entry's name
+        and type, and for files size and mtime_ns: a file added, removed, renamed, resized or
+        rewritten changes its directory's digest."""
+        stack: list[tuple[str, str]] = [(str(self.root), "/")]
+        while stack:
+            real, vpath = stack.pop()
+            digest = hashlib.blake2b(digest_size=8)
+            files, subdirs = 0, []
+            for child_real, st, child_vpath in self._listdir(real, "" if vpath == "/" else vpath):
+                name = child_vpath.rpartition("/")[2]
+                if stat.S_ISDIR(st.st_mode):
+                    digest.update(f"d\0{name}\n".encode("utf-8", "surrogateescape"))
+                    subdirs.append((child_real, child_vpath))
+                else:
+                    files += 1
+                    digest.update(f"f\0{name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                                  .encode("utf-8", "surrogateescape"))
+            # 63 bits: fits SQLite's signed INTEGER.
+            yield DirSummary(path=vpath, digest=int.from_bytes(digest.digest(), "big") >> 1,
+                             files=files, dirs=len(subdirs))
+            stack.extend(reversed(subdirs))
+
+    def list_dirs(self, vdirs: list[str]) -> Iterator[InventoryEntry]:
+        """The direct entries (directories and regular files) of each directory in `vdirs`,
+        in that order, names sorted; a missing or refused directory lists nothing."""
+        for vdir in vdirs:
+            try:
+                real = self.real(vdir)
+            except OSError:
+                continue
+            base = "" if vdir == "/" else vdir.rstrip("/")
+            for _real, st, vpath in self._listdir(str(real), base):
+                if stat.S_ISDIR(st.st_mode):
+                    yield InventoryEntry(path=vpath, is_dir=True, size=0, mtime_ms=_mtime_ms(st))
+                else:
+                    yield InventoryEntry(path=vpath, is_dir=False, size=st.st_size,
+                                         mtime_ms=_mtime_ms(st))
 
     @staticmethod
     def _listdir(real: str, vdir: str) -> Iterator[tuple[str, os.stat_result, str]]:

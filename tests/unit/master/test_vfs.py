@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import pytest
 
 from common.messages import InventoryEntry
+from common import messages as m
 from master.vfs import LISTDIR_BATCH, Entry, MergeStats, VfsError, VirtualFS, normalize
 
 REPO = Path(__file__).resolve().parents[3]
@@ -267,7 +268,9 @@ def test_rename_tree_moves_everything(vfs: VirtualFS) -> None:
     assert vfs.lookup("/a/b/c/f1") is not None  # warm the directory cache
     changes = vfs._db.total_changes
     assert vfs.rename("/a", "/z/a2") == {"s1", "s2", "s3"}
-    assert vfs._db.total_changes - changes == 1  # one row, whatever the tree's size
+    # One entries row whatever the tree's size, plus the directory digests recorded for the
+    # slaves below it (one per slave and directory holding files, never one per file).
+    assert vfs._db.total_changes - changes == 1 + 3
     assert vfs.lookup("/a") is None
     assert vfs.lookup("/a/b/c/f1") is None
     moved = vfs.lookup("/z/a2/b/c/f1")
@@ -436,14 +439,20 @@ def test_merge_confirms_equal_size(vfs: VirtualFS) -> None:
     assert vfs.lookup("/d").owner == "alice"  # a known directory is left alone
 
 
-def test_merge_conflict_is_counted_and_logged(vfs: VirtualFS, caplog: pytest.LogCaptureFixture) -> None:
+def test_merge_conflict_keeps_both_copies(vfs: VirtualFS, caplog: pytest.LogCaptureFixture) -> None:
     upload(vfs, "/f", slave="s1", size=5, crc32=7)
     gen = vfs.begin_merge("s2")
     with caplog.at_level(logging.WARNING, logger="master.vfs"):
         stats = vfs.merge_page("s2", gen, [inv("/f", size=6)])
     assert stats == MergeStats(adopted=0, confirmed=0, conflicts=1, dropped=0)
-    assert "/f" in caplog.text and "conflict" in caplog.text
+    assert "/f" in caplog.text and "CONFLICT" in caplog.text
     assert vfs.lookup("/f") == Entry("/f", False, 5, 100.0, "alice", "users", 7, frozenset({"s1"}))
+    copy = vfs.lookup("/f.conflict-s2")
+    assert copy is not None and copy.size == 6 and copy.slaves == {"s2"}
+    # The slave is told to rename its copy (queued durably, never replacing a file).
+    [op] = vfs.queued_ops("s2")
+    assert op.cmd == m.Rename(req_id=0, src="/f", dst="/f.conflict-s2", replace=False)
+    assert vfs.finish_merge("s2", gen).dropped == 0
 
 
 def test_merge_conflict_drops_a_holder_with_the_wrong_size(vfs: VirtualFS) -> None:
@@ -453,8 +462,18 @@ def test_merge_conflict_drops_a_holder_with_the_wrong_size(vfs: VirtualFS) -> No
     vfs.finish_merge("s2", gen)
     gen = vfs.begin_merge("s2")  # s2 restarted with another size for /f
     assert vfs.merge_page("s2", gen, [inv("/f", size=6)]).conflicts == 1
-    assert vfs.finish_merge("s2", gen).dropped == 1
+    vfs.finish_merge("s2", gen)
     assert vfs.lookup("/f").slaves == {"s1"} and vfs.lookup("/f").size == 5
+    assert vfs.lookup("/f.conflict-s2").slaves == {"s2"}
+
+
+def test_merge_conflict_names_skip_taken_ones(vfs: VirtualFS) -> None:
+    upload(vfs, "/f", slave="s1", size=5)
+    upload(vfs, "/f.conflict-s2", slave="s1", size=1)
+    gen = vfs.begin_merge("s2")
+    vfs.merge_page("s2", gen, [inv("/f", size=6)])
+    assert vfs.lookup("/f.conflict-s2-2").slaves == {"s2"}
+    assert vfs.lookup("/f.conflict-s2").size == 1
 
 
 def test_merge_sole_holder_updates_size(vfs: VirtualFS) -> None:
