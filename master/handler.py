@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
 from pyftpdlib.utils import strerror
 
 from common.config import MasterConfig, MasterSection
@@ -204,7 +205,20 @@ class ClusterFTPHandler(FTPHandler):
         return passive.listing(self, super().ftp_LIST, path)
 
     def ftp_NLST(self, path: str) -> Any:
-        return passive.listing(self, super().ftp_NLST, path)
+        return passive.listing(self, self._streamed_nlst, path)
+
+    def _streamed_nlst(self, path: str) -> Any:
+        """Stock NLST joins every name in memory; a directory's names are streamed instead."""
+        if not self.fs.isdir(path):
+            return super().ftp_NLST(path)
+        try:
+            names = self.fs.listdir(path)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        lines = (f"{name}\r\n".encode(self.encoding, self.unicode_errors) for name in names)
+        self.push_dtp_data(BufferedIteratorProducer(lines), isproducer=True, cmd="NLST")
+        return path
 
     def ftp_MLSD(self, path: str) -> Any:
         if not self.fs.isdir(path):
@@ -288,8 +302,8 @@ class ClusterFTPHandler(FTPHandler):
                 self.respond(ok_reply)
                 self.end_deferred()
 
-        for slave, cmd in commands:
-            self.cluster.link.request(slave, cmd, functools.partial(on_reply, slave, cmd))
+        for op in commands:  # queued durably with the change: sent now, replayed if unanswered
+            self.cluster.link.send_op(op, functools.partial(on_reply, op.slave, op.cmd))
 
     def ftp_SIZE(self, path: str) -> None:
         # The VFS knows the exact size; unlike stock pyftpdlib there is no ASCII

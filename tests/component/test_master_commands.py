@@ -136,7 +136,11 @@ class FakeBroker:
         cmd = msg.cmd
         self.commands.put((msg.slave, cmd))
         replies: list[m.Message]
-        if isinstance(cmd, m.InventoryRequest):
+        if isinstance(cmd, m.InventoryRequest) and cmd.mode == "summary":
+            # One summary for "/": the master then lists "/" and gets every entry below.
+            replies = [m.InventoryPage(req_id=cmd.req_id, scan=cmd.scan, entries=[], last=True,
+                                       summaries=[m.DirSummary(path="/", digest=1)])]
+        elif isinstance(cmd, m.InventoryRequest):
             replies = [m.InventoryPage(req_id=cmd.req_id, scan=cmd.scan,
                                        entries=self.slaves.get(msg.slave, []), last=True)]
         elif type(cmd) in self.responders:
