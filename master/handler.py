@@ -72,6 +72,8 @@ def _proto_cmds() -> dict[str, dict[str, Any]]:
                                help="Syntax: SITE SLAVES (list storage slaves; admins only).")
     cmds["SITE STATUS"] = dict(perm=None, auth=True, arg=False,
                                help="Syntax: SITE STATUS (cluster counters; admins only).")
+    cmds["SITE REMERGE"] = dict(perm=None, auth=True, arg=True,
+                                help="Syntax: SITE REMERGE <SP> slave (full inventory merge; admins only).")
     cmds["SITE SLAVESELECT"] = dict(perm=None, auth=True, arg=True,
                                     help="Syntax: SITE SLAVESELECT up|down PATH (placement scores; admins only).")
     cmds["SITE WHO"] = dict(perm=None, auth=True, arg=False,
@@ -323,6 +325,9 @@ class ClusterFTPHandler(FTPHandler):
 
     def ftp_SITE_STATUS(self, line: str) -> None:
         site.site_status(self)
+
+    def ftp_SITE_REMERGE(self, line: str) -> None:
+        site.site_remerge(self, line)
 
     def ftp_SITE_SLAVESELECT(self, line: str) -> None:
         site.site_slaveselect(self, line)

@@ -145,6 +145,22 @@ def site_slaves(h: ClusterFTPHandler) -> None:
     h.respond(f"200 {len(lines)} slaves")
 
 
+def site_remerge(h: ClusterFTPHandler, arg: str) -> None:
+    """SITE REMERGE <slave>: replay its queued operations, then a full inventory merge (every
+    directory listed, whatever the recorded digests). Answers at once; the merge runs on."""
+    if not is_admin(h.authorizer, h.username):
+        h.respond("550 Not enough privileges.")
+        return
+    name = arg.strip()
+    if not name:
+        h.respond("501 Syntax: SITE REMERGE slave.")
+        return
+    if not h.cluster.link.remerge(name, full=True):
+        h.respond(f"550 No such slave online: {name}.")
+        return
+    h.respond(f"200 Full merge of {name} started.")
+
+
 def site_status(h: ClusterFTPHandler) -> None:
     if not is_admin(h.authorizer, h.username):
         h.respond("550 Not enough privileges.")

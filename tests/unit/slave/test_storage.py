@@ -187,3 +187,39 @@ def test_inventory_directories_before_contents(storage: Storage, root: Path) -> 
 
 def test_inventory_empty_root(storage: Storage) -> None:
     assert list(storage.inventory()) == []
+
+
+def test_rename_without_replace_refuses_an_existing_file(storage: Storage, root: Path) -> None:
+    (root / "a").write_bytes(b"a")
+    (root / "b").write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        storage.rename("/a", "/b", replace=False)
+    assert (root / "b").read_bytes() == b"b"
+    storage.rename("/a", "/c", replace=False)
+    assert (root / "c").read_bytes() == b"a"
+
+
+def test_summaries_follow_every_change(storage: Storage, root: Path) -> None:
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"1")
+    (root / f"{TEMP_PREFIX}x.f").write_bytes(b"partial")  # never counted
+    first = {s.path: s for s in storage.summaries()}
+    assert list(first) == ["/", "/d", "/d/e"]  # pre-order, root first
+    assert (first["/d"].files, first["/d"].dirs, first["/"].files) == (1, 1, 0)
+    assert all(0 <= s.digest < 2**63 for s in first.values())
+    assert {s.path: s for s in storage.summaries()} == first  # stable
+    os.utime(root / "d" / "f", ns=(1, 1))
+    second = {s.path: s.digest for s in storage.summaries()}
+    assert second["/d"] != first["/d"].digest and second["/"] == first["/"].digest
+    assert second["/d/e"] == first["/d/e"].digest
+    (root / "d" / "e" / "g").write_bytes(b"")
+    assert {s.path: s.digest for s in storage.summaries()}["/d/e"] != first["/d/e"].digest
+
+
+def test_list_dirs_lists_direct_entries_only(storage: Storage, root: Path) -> None:
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "deep").write_bytes(b"")
+    (root / "d" / "f").write_bytes(b"12")
+    (root / "top").write_bytes(b"")
+    got = [(e.path, e.is_dir, e.size) for e in storage.list_dirs(["/d", "/missing", "/"])]
+    assert got == [("/d/e", True, 0), ("/d/f", False, 2), ("/d", True, 0), ("/top", False, 0)]
