@@ -1,0 +1,45 @@
+"""The benchmark (`python -m bench`) cannot rot: its --quick mode runs end to end here.
+
+It asserts nothing about speed (the machines that run the suite are shared and noisy),
+only that every section produced figures and that the master carried no file bytes
+outside relay mode. Without tc (the suite must not touch the loopback device's qdisc)
+and without vsftpd (that needs root and a local user).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_quick_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-tc", "--no-vsftpd",
+         "--out", str(out), "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    for server in ("cluster", "pyftpdlib"):
+        for mode in ("active", "passive"):
+            for op in ("RETR", "STOR"):
+                assert results["single"][server][mode][op] > 0
+        for op in ("RETR", "STOR"):
+            assert set(results["small"][server][op]) == {"1", str(results["sizes"]["sessions"])}
+    assert results["idle"]["cluster"]["rss_with_sessions"] > 0
+    runs = results["aggregate"]["runs"]
+    assert [r["n"] for r in runs] == [1, 2]
+    assert all(r["relayed_bytes"] == 0 for r in runs)  # PRET: the master carried no file bytes
+    assert results["relayed_bytes_single_small"] == 0
+    assert "vsftpd skipped" in " ".join(results["notes"])
+    table = (out / "results.md").read_text()
+    assert "| RETR" in table and "Aggregate bandwidth" in table
+    assert "| measurement |" in proc.stdout
