@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="JSON: one object per stats message (with --once: "
                     "one snapshot object)")
     st.add_argument("--prometheus", metavar="HOST:PORT", default="", help="serve Prometheus metrics there")
+    st.add_argument("--wait", type=float, default=2.5, help="--once: seconds to collect stats (default 2.5)")
     st.add_argument("--stale-after", type=float, default=5.0, help="seconds without stats before a slave "
                     "is shown stale (default 5)")
     st.add_argument("--offline-after", type=float, default=15.0, help="seconds without stats before a "
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             endpoint = args.endpoint or (statstool.endpoint_from_config(args.config) if args.config
                                          else statstool.DEFAULT_ENDPOINT)
             return statstool.run(endpoint, once=args.once, as_json=args.json, prometheus=args.prometheus,
-                                 stale_after=args.stale_after, offline_after=args.offline_after)
+                                 stale_after=args.stale_after, offline_after=args.offline_after,
+                                 wait=args.wait)
         if args.command == "hash-password":
             from master.users import hash_password
             password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")

@@ -18,7 +18,8 @@ Per direction ("upload", "download", "replication"), in this order:
    - load             * load average per CPU
    + prefer points of matching path rules, + HOLDER_POINTS for a current holder (uploads
      that overwrite a file stay on the slave that has it).
-3. Ties (scores within 1e-9) go to the slave chosen least recently for that direction.
+3. Ties (scores within TIE_EPSILON = 0.01 points, e.g. free space differing by under 1 %)
+   go to the slave chosen least recently for that direction.
 
 Transfers started since the last stats count half in the active term so that a burst of
 short uploads (each finished before the next stats arrive) still spreads.
@@ -39,7 +40,8 @@ BANDWIDTH_UNIT_BPS = 100_000_000.0
 """The bandwidth term counts one point per 100 MB/s in use, times its weight."""
 HOLDER_POINTS = 1_000_000.0
 """A current holder of an overwritten file wins over any score difference."""
-TIE_EPSILON = 1e-9
+TIE_EPSILON = 0.01
+"""Scores closer than this are a tie (disks of equal slaves never report the same free bytes)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,7 @@ def test_download_holder_with_fewer_transfers_via_stats() -> None:
 def test_upload_free_space_and_load_terms() -> None:
     p = Placement()
     assert p.evaluate("upload", "/f", [load("a", free=5 * GB), load("b", free=10 * GB)]).chosen == "b"
-    assert p.evaluate("upload", "/f", [load("a", active=1, free=100 * GB), load("b", free=1 * GB)]).chosen == "b"
+    assert p.evaluate("upload", "/f", [load("a", active=1, free=100 * GB), load("b", free=10 * GB)]).chosen == "b"
     scores = p.evaluate("upload", "/f", [load("a", per_cpu=2.0), load("b")]).scores()
     assert scores == {"a": pytest.approx(-1.0), "b": pytest.approx(1.0)}
 
@@ -231,3 +231,9 @@ def test_bad_placement_config_is_one_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads(text, MasterConfig, "m.toml")
     assert str(info.value) == f"m.toml: {message}"
+
+
+def test_nearly_equal_free_space_is_a_tie() -> None:
+    p = Placement()
+    slaves = [load("a", free=50 * GB), load("b", free=50 * GB - 4096), load("c", free=50 * GB + 99 * MB)]
+    assert [p.choose("upload", "/f", slaves).chosen for _ in range(6)] == ["a", "b", "c"] * 2
