@@ -24,6 +24,7 @@ import ftplib
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import stat
 import sys
@@ -103,6 +104,15 @@ def list_ok(cluster: Cluster, path: str) -> int:
         return 0
 
 
+def files_known(cluster: Cluster) -> int:
+    """Files in the master's database (read-only, beside the running master: WAL allows it)."""
+    db = sqlite3.connect(f"file:{cluster.master_state_dir / 'vfs.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM entries WHERE is_dir = 0").fetchone()[0]
+    finally:
+        db.close()
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
@@ -131,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         sampler.stop.set()
         rss_after = psutil.Process(cluster.roles["master"].pid).memory_info().rss
         big_entries = list_ok(cluster, "/big")
+        known = files_known(cluster)
         print(f"full merge of {made} files: {full_s:.1f} s; master RSS peak {mib(sampler.peak)}, "
-              f"after {mib(rss_after)}; /big lists {big_entries} entries", flush=True)
+              f"after {mib(rss_after)}; the master knows {known} files, /big lists {big_entries}",
+              flush=True)
 
         for name in cluster.slave_names:
             cluster.kill(name, signal.SIGKILL)

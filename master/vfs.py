@@ -95,6 +95,8 @@ CREATE TABLE IF NOT EXISTS merge_stage(
 _COLS = ("e.id, e.is_dir, e.size, e.mtime, e.owner, e.grp, e.crc32, "
          "(SELECT group_concat(r.slave, '/') FROM replicas r WHERE r.entry = e.id)")
 
+_COLS_NO_SLAVES = "e.id, e.is_dir, e.size, e.mtime, e.owner, e.grp, e.crc32, NULL"
+
 _SUBTREE = """
 WITH RECURSIVE t(id, is_dir) AS (
     SELECT id, is_dir FROM entries WHERE id = ?
@@ -269,20 +271,22 @@ class VirtualFS(MergeMixin, OpQueueMixin):
             return None
         return None if row is None else _entry(path, row)
 
-    def listdir(self, path: str) -> Iterator[Entry]:
+    def listdir(self, path: str, with_slaves: bool = True) -> Iterator[Entry]:
         """Entries of a directory, sorted by name. Raises VfsError ENOENT / ENOTDIR.
 
         Errors are raised by the call itself; the iterator then streams in batches of
         LISTDIR_BATCH rows, each a fresh keyset query (name > last name seen), so no
         statement stays open between items: the tree may change while a listing is being
         sent, and the listing then shows names after its position as they are now.
+        `with_slaves` False: every entry's `slaves` is empty (cheaper, for listings).
         """
         path = normalize(path)
         dir_id = self._dir_id(path)
-        return self._stream(path, dir_id)
+        return self._stream(path, dir_id, with_slaves)
 
-    def _stream(self, path: str, dir_id: int) -> Iterator[Entry]:
-        query = (f"SELECT e.name, {_COLS} FROM entries e WHERE e.parent = ? AND e.name > ? "
+    def _stream(self, path: str, dir_id: int, with_slaves: bool = True) -> Iterator[Entry]:
+        cols = _COLS if with_slaves else _COLS_NO_SLAVES
+        query = (f"SELECT e.name, {cols} FROM entries e WHERE e.parent = ? AND e.name > ? "
                  f"ORDER BY e.name LIMIT {LISTDIR_BATCH}")
         last = ""
         while True:

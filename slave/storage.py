@@ -213,17 +213,31 @@ class Storage:
         stack: list[tuple[str, str]] = [(str(self.root), "/")]
         while stack:
             real, vpath = stack.pop()
-            digest = hashlib.blake2b(digest_size=8)
-            files, subdirs = 0, []
-            for child_real, st, child_vpath in self._listdir(real, "" if vpath == "/" else vpath):
-                name = child_vpath.rpartition("/")[2]
+            # A tight loop (no _listdir): one lstat per file is the whole cost of a summary.
+            try:
+                with os.scandir(real) as it:
+                    found = sorted(it, key=_by_name)
+            except OSError:
+                found = []
+            parts: list[str] = []
+            subdirs: list[tuple[str, str]] = []
+            files = 0
+            prefix = "" if vpath == "/" else vpath
+            for entry in found:
+                name = entry.name
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
                 if stat.S_ISDIR(st.st_mode):
-                    digest.update(f"d\0{name}\n".encode("utf-8", "surrogateescape"))
-                    subdirs.append((child_real, child_vpath))
-                else:
+                    parts.append(f"d\0{name}\n")
+                    subdirs.append((entry.path, f"{prefix}/{name}"))
+                elif stat.S_ISREG(st.st_mode):
                     files += 1
-                    digest.update(f"f\0{name}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                                  .encode("utf-8", "surrogateescape"))
+                    parts.append(f"f\0{name}\0{st.st_size}\0{st.st_mtime_ns}\n")
+            digest = hashlib.blake2b("".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
             # 63 bits: fits SQLite's signed INTEGER.
             yield DirSummary(path=vpath, digest=int.from_bytes(digest.digest(), "big") >> 1,
                              files=files, dirs=len(subdirs))
@@ -261,6 +275,10 @@ class Storage:
                 continue
             if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
                 yield entry.path, st, f"{vdir}/{entry.name}"
+
+
+def _by_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _ignore_missing(func: object, path: str, exc: BaseException) -> None:
