@@ -27,7 +27,7 @@ from typing import Callable
 import zmq
 
 from broker.registry import Registry, Send
-from common import log, wire, zmqsock
+from common import log, sdnotify, wire, zmqsock
 from common import messages as m
 from common.config import BrokerConfig, BrokerSection, load
 
@@ -252,7 +252,9 @@ def run(config_path: str) -> int:
         except zmq.ZMQError as exc:
             logger.error("cannot bind: %s", exc)
             return 1
+        sdnotify.ready("broker bound")
         broker.serve()
+        sdnotify.stopping()
         return 0
     finally:
         for sig, handler in previous.items():

@@ -112,6 +112,9 @@ class MasterSection(_Section):
     """Seconds to wait for a slave's answer to a command before failing the FTP command."""
     banner: str = "ftpcluster ready."
     allow_demo_password_off_loopback: bool = False
+    stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 30
+    """Seconds SIGTERM waits for running transfers (no new connections meanwhile); a second
+    SIGTERM stops at once."""
 
 
 class PlacementWeights(_Section):

@@ -1,5 +1,11 @@
 """The master process: config, logging, the demo-password guard, the VFS, the broker link
-and a single-process pyftpdlib FTPServer sharing one IOLoop; SIGTERM/SIGINT stop it cleanly.
+and a single-process pyftpdlib FTPServer sharing one IOLoop.
+
+Signals: SIGTERM/SIGINT stop accepting connections, let running transfers finish for up
+to `stop_timeout` seconds (a second signal cuts that short), then close everything;
+SIGHUP reloads users, permissions and the placement policy from the config file (a bad
+file logs its one-line error and changes nothing). systemd is told READY=1 once the FTP
+listener is open and the broker has welcomed the master.
 
 Owns start-up and shutdown order only; sessions, transfers and the link live elsewhere.
 """
@@ -10,6 +16,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,8 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 from common import log as common_log
-from common.config import MasterConfig, UserEntry, load
+from common import sdnotify
+from common.config import ConfigError, MasterConfig, UserEntry, load
 from master.cluster import SlaveRegistry
 from master.handler import Cluster, build_handler
 from master.link import BrokerLink
@@ -87,18 +95,62 @@ def run(config_path: str) -> int:
     server.max_cons_per_ip = section.max_connections_per_ip
 
     stopping: list[int] = []
+    draining: list[Any] = []
 
     def shutdown() -> None:
+        for call in draining:
+            if not call.cancelled:
+                call.cancel()
         link.close()  # says Bye while the socket is still open
         server.close_all()
 
+    def running_transfers() -> int:
+        return sum(1 for s in list(cluster.sessions) if s.current_transfer() is not None)
+
+    def begin_stop() -> None:
+        sdnotify.stopping()
+        server.close()  # no new connections; sessions and their transfers go on
+        deadline = time.monotonic() + section.stop_timeout
+        log.info("stopping: waiting up to %d s for %d running transfers", section.stop_timeout,
+                 running_transfers())
+
+        def check() -> None:
+            busy = running_transfers()
+            if busy and time.monotonic() < deadline:
+                return
+            if busy:
+                log.warning("stop timeout: closing %d sessions with transfers still running", busy)
+            shutdown()
+        draining.append(ioloop.call_every(0.1, check, _errback=shutdown))
+        check()
+
+    def reload() -> None:
+        try:
+            fresh = load(config_path, MasterConfig)
+            handler.authorizer.replace_users(list(fresh.users))
+        except (ConfigError, ValueError) as exc:
+            log.error("reload failed, keeping the old users: %s", exc)
+            return
+        cluster.placement.config = fresh.placement
+        log.info("reloaded %d users and the placement policy from %s", len(fresh.users), config_path)
+
     def on_signal(signum: int, _frame: Any) -> None:
         # Runs between bytecodes of the loop thread: only note it and wake the loop.
-        if not stopping:
-            stopping.append(signum)
-            waker.post(shutdown)
+        stopping.append(signum)
+        waker.post(begin_stop if len(stopping) == 1 else shutdown)
 
+    def on_hup(_signum: int, _frame: Any) -> None:
+        waker.post(reload)
+
+    def notify_ready() -> None:
+        if link.connected:
+            sdnotify.ready(f"listening on {section.listen_host}:{section.listen_port}")
+            for call in ready_check:
+                call.cancel()
+
+    ready_check = [ioloop.call_every(0.1, notify_ready)]
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     log.info("master listening on %s:%s (broker %s)", *server.address, section.broker_endpoint)
     try:
         server.serve_forever(handle_exit=True)

@@ -128,6 +128,13 @@ class ClusterAuthorizer(DummyAuthorizer):
     def override_perm(self, username: str, directory: str, perm: str, recursive: bool = False) -> None:
         raise NotImplementedError("per-directory permissions are not supported")
 
+    def replace_users(self, users: list[UserEntry]) -> None:
+        """Swap the whole user table (SIGHUP reload): validated first, so on ValueError the
+        old users stay. Logged-in sessions keep going with their user's new permissions."""
+        fresh = ClusterAuthorizer(users)
+        self.user_table = fresh.user_table
+        self._remembered.clear()
+
     def remove_user(self, username: str) -> None:
         super().remove_user(username)
         self._remembered.pop(username, None)

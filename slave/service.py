@@ -30,7 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common import config as cfgmod
 from common import log as logmod
 from common import messages as m
-from common import wire, zmqsock
+from common import sdnotify, wire, zmqsock
 from slave.outbox import JobPool, Outbox, checksum_job
 from slave.stats import StatsSampler
 from slave.storage import Storage
@@ -242,6 +242,7 @@ class SlaveService:
             case m.Welcome(heartbeat_ms=hb, liveness=liveness):
                 if not self.welcomed:
                     log.info("registered with the broker")
+                    sdnotify.ready(f"slave {self.cfg.name} registered")
                 self.welcomed = True
                 self.heartbeat_s = max(hb, 50) / 1000
                 self.liveness = max(liveness, 1)
@@ -353,6 +354,7 @@ class SlaveService:
     # ------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
+        sdnotify.stopping()
         log.info("shutting down: aborting %d transfers", len(self.transfers.transfers))
         self.transfers.shutdown(SHUTDOWN_WAIT_S)
         for result in self.outbox.drain():
