@@ -76,6 +76,9 @@ class SlaveSection(_Section):
     """fsync every upload before reporting it done: an acknowledged upload survives a crash."""
     data_timeout: Positive = 300
     """Seconds a data connection may stall (or a listener wait) before it is dropped."""
+    stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10
+    """SIGTERM: seconds to let running transfers finish (new ones are refused) before the
+    rest are aborted; a second SIGTERM aborts at once."""
 
 
 class SlaveConfig(_Section):

@@ -3,7 +3,8 @@
 Owns: the DEALER to the broker and the stats PUB (only this thread touches them),
 registration (Hello / Welcome / Disconnect / silence), heartbeats, command dispatch, the
 unacknowledged TransferDones (re-sent every few seconds until DoneAck), open inventory
-scans, the stats timer, and the SIGTERM shutdown (abort transfers, Bye, exit 0).
+scans, the stats timer, and the SIGTERM shutdown (refuse new transfers, let running ones
+finish for up to stop_timeout seconds, abort the rest, Bye, exit 0).
 
 Workers (transfers, checksums) hand their results back through the Outbox, whose wake-up
 socket the same zmq.Poller watches; nothing here blocks on the network or on big files.
@@ -13,6 +14,7 @@ transfers that follow them.
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import logging
@@ -96,6 +98,9 @@ class SlaveService:
         self.unacked: dict[int, m.TransferDone] = {}
         self.scans: OrderedDict[int, Iterator[m.InventoryEntry]] = OrderedDict()
         self.stopping = False
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.drain_logged = False
 
     # ------------------------------------------------------------ sending
 
@@ -144,6 +149,13 @@ class SlaveService:
                     for result in self.outbox.drain():
                         self.on_result(result)
                 self.on_timers(time.monotonic())
+                if self.draining and not self.drain_logged:
+                    self.drain_logged = True
+                    log.info("stopping: refusing new transfers, waiting up to %d s for %d running",
+                             self.cfg.stop_timeout, len(self.transfers.transfers))
+                if self.draining and (not self.transfers.transfers
+                                      or time.monotonic() >= self.drain_deadline):
+                    self.stopping = True
             self.shutdown()
         finally:
             for sig, handler in previous.items():
@@ -151,7 +163,12 @@ class SlaveService:
         return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
+        if self.draining:
+            self.stopping = True  # a second signal: abort now
+        else:
+            self.draining = True
+            self.drain_deadline = time.monotonic() + self.cfg.stop_timeout
+            sdnotify.stopping()
         self.outbox.wake()
 
     def _next_timer(self) -> float:
@@ -294,6 +311,9 @@ class SlaveService:
             self.send(m.OpResult(req_id=req_id, ok=True))
 
     def on_listen(self, msg: m.Listen) -> None:
+        if self.draining:
+            self.error(msg.req_id, OSError(errno.ESHUTDOWN, "slave is stopping"))
+            return
         try:
             port = self.transfers.listen(msg.xfer_id, msg.allowed_ip, time.monotonic())
         except OSError as exc:
@@ -303,6 +323,9 @@ class SlaveService:
         self.send(m.Listening(req_id=msg.req_id, xfer_id=msg.xfer_id, port=port))
 
     def on_start(self, msg: m.StartSend | m.StartReceive) -> None:
+        if self.draining:
+            self.error(msg.req_id, OSError(errno.ESHUTDOWN, "slave is stopping"))
+            return
         try:
             if isinstance(msg, m.StartSend):
                 self.transfers.start_send(msg)
@@ -354,7 +377,6 @@ class SlaveService:
     # ------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
-        sdnotify.stopping()
         log.info("shutting down: aborting %d transfers", len(self.transfers.transfers))
         self.transfers.shutdown(SHUTDOWN_WAIT_S)
         for result in self.outbox.drain():

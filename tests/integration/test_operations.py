@@ -178,3 +178,25 @@ def test_sd_notify_helper_without_systemd(tmp_path: Path) -> None:
             assert abstract.recv(100) == b"READY=1"
         finally:
             abstract.close()
+
+
+def test_slave_sigterm_finishes_its_upload_refuses_new_ones_and_says_bye(cluster_factory) -> None:
+    c = cluster_factory(slaves=1).start()
+    with c.ftp() as ftp, c.ftp() as other:
+        ftp.set_pasv(True)
+        ftp.sendcmd("PRET STOR /during.bin")
+        conn = ftp.transfercmd("STOR /during.bin")
+        conn.sendall(b"a" * 50_000)
+        c.roles["slave1"].signal(signal.SIGTERM)
+        wait_for(lambda: "stopping: refusing new transfers" in c.roles["slave1"].log.read_text(), 10,
+                 "the slave to start draining")
+        with pytest.raises(ftplib.error_temp):
+            other.set_pasv(True)
+            other.sendcmd("PRET STOR /refused.bin")
+            other.storbinary("STOR /refused.bin", __import__("io").BytesIO(b"no"))
+        conn.sendall(b"b" * 50_000)
+        conn.close()
+        assert ftp.voidresp().startswith("226")
+    assert c.roles["slave1"].wait(15) == 0
+    assert (c.slave_root("slave1") / "during.bin").stat().st_size == 100_000
+    wait_for(lambda: "bye" in c.roles["broker"].log.read_text().lower(), 10, "the broker to log the Bye")

@@ -544,7 +544,9 @@ def test_sigterm_aborts_sends_bye_and_exits_zero(link: tuple[FakeBroker, SlavePr
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
         assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/big.bin"), m.Started)
         client.recv(1000)
-        slave.proc.send_signal(signal.SIGTERM)
+        slave.proc.send_signal(signal.SIGTERM)  # the first lets transfers finish (stop_timeout)...
+        time.sleep(0.2)
+        slave.proc.send_signal(signal.SIGTERM)  # ...a second one aborts them at once
         done = broker.done(xfer, timeout=5, ack=False)
         assert done.aborted
         broker.expect(m.Bye, timeout=5)
