@@ -106,6 +106,8 @@ class ClusterFTPHandler(FTPHandler):
         self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
         self._replay_call: Any = None
         self.connected_at = time.monotonic()
+        self.allo_size = 0
+        """ALLO's byte count, for the next upload's placement (reset when it is dispatched)."""
         super().__init__(conn, server, ioloop=ioloop)
         self._extra_feats += ["PRET", "XCRC"]
 
@@ -249,6 +251,16 @@ class ClusterFTPHandler(FTPHandler):
 
     def ftp_STOU(self, line: str) -> None:
         transfers.stou(self, line)
+
+    def ftp_ALLO(self, line: str) -> None:
+        # RFC 959 ALLO <SP> <decimal-integer> [<SP> R <SP> <decimal-integer>]: the size lets
+        # placement skip slaves without room and reserve it until the slave's next stats.
+        word = line.split()[0] if line.split() else ""
+        if not word.isdigit():
+            self.respond("501 Syntax: ALLO <SP> bytes.")
+            return
+        self.allo_size = int(word)
+        self.respond(f"200 ALLO: {self.allo_size} bytes will be reserved for the next upload.")
 
     def ftp_REST(self, line: str) -> None:
         # Slaves always move bytes unconverted (no ASCII translation), so a REST offset

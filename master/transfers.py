@@ -61,12 +61,13 @@ def pick_download(cluster: Cluster, entry: Entry, now: float) -> tuple[str | Non
 
 
 def pick_upload(cluster: Cluster, path: str, entry: Entry | None, must_hold: bool,
-                now: float) -> tuple[str | None, str]:
+                now: float, size_hint: int = 0) -> tuple[str | None, str]:
     """Slave to receive an upload to `path`. `must_hold`: REST+STOR or APPE onto an existing
-    file, which only a current holder can continue."""
+    file, which only a current holder can continue. `size_hint`: bytes announced by ALLO."""
     holders = entry.slaves if entry is not None else frozenset()
     candidates = cluster.registry.loads(now, holders if must_hold else None)
-    selection = cluster.placement.choose("upload", path, candidates, prefer=frozenset(holders))
+    selection = cluster.placement.choose("upload", path, candidates, size_hint=size_hint,
+                                         prefer=frozenset(holders))
     if selection.chosen is None:
         # RFC 959 452: insufficient storage space (or no free transfer slot).
         if must_hold:
@@ -180,6 +181,8 @@ class Transfer:
         self.state = State.PREPARING
         self._counted = False
         self._done: m.TransferDone | None = None
+        self.reserve_bytes = 0
+        """Upload size announced by ALLO, reserved on the slave for placement."""
         self._relay_result: tuple[bool, str] | None = None
         self._replied = False
 
@@ -193,7 +196,7 @@ class Transfer:
     # -- start
     def start(self, connect_to: tuple[str, int] | None) -> None:
         cluster = self.cluster
-        cluster.registry.transfer_started(self.slave)
+        cluster.registry.transfer_started(self.slave, self.reserve_bytes)
         self._counted = True
         cluster.link.watch(self.xfer_id, self.slave, self)
         assert self.session is not None
@@ -389,7 +392,7 @@ def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int) -> tuple[str |
     if kind == "STOU":
         entry = None
     must_hold = entry is not None and (offset > 0 or kind == "APPE")
-    return pick_upload(h.cluster, path, entry, must_hold, now)
+    return pick_upload(h.cluster, path, entry, must_hold, now, size_hint=h.allo_size)
 
 
 def retr(h: ClusterFTPHandler, path: str) -> None:
@@ -480,5 +483,8 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    if kind in UPLOADS:
+        # Reserved on the slave until its next stats show the space used (placement).
+        transfer.reserve_bytes, h.allo_size = h.allo_size, 0
     h.begin_deferred()
     transfer.start(route.addr if route.kind == "port" else None)

@@ -174,3 +174,16 @@ def test_stats_endpoint_from_config(tmp_path: Path, cluster_factory) -> None:
     out = subprocess.run([sys.executable, "-m", "common.cli", "stats", "--config", str(bad), "--once"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "neither a broker nor a master" in out.stderr
+
+
+def test_allo_size_filters_slaves_without_room(cluster_factory) -> None:
+    c = cluster_factory(slaves=2).start()
+    with c.ftp() as ftp:
+        assert ftp.sendcmd("ALLO 1000000000000000000").startswith("200")
+        with pytest.raises(ftplib.error_temp, match="^452"):
+            upload(ftp, "/huge.bin", b"x", "active")
+        with pytest.raises(ftplib.error_perm, match="^501"):
+            ftp.sendcmd("ALLO lots")
+        ftp.sendcmd("ALLO 3")  # the refused upload did not use up the ALLO: replace it
+        assert upload(ftp, "/small.bin", b"abc", "pret").startswith("226")
+        assert upload(ftp, "/next.bin", b"def", "pret").startswith("226")  # ALLO applied once
