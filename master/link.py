@@ -321,6 +321,9 @@ class BrokerLink:
             self._fail_slave(msg.name, "slave restarted")
         if start_merge:
             self.syncer.start(msg.name, msg.incarnation)
+        elif self.registry.is_online(msg.name):
+            # Back after a broker restart, no merge needed: what was queued meanwhile goes now.
+            self.syncer.flush(msg.name)
 
     def _on_slave_down(self, msg: m.SlaveDown) -> None:
         info = self.registry.on_down(msg.name, msg.incarnation)
