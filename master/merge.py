@@ -69,6 +69,7 @@ class MergeMixin:
 
     _db: sqlite3.Connection
     _dirs: Any
+    _leaving: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ generations
     def begin_merge(self, slave: str) -> int:
@@ -167,6 +168,9 @@ class MergeMixin:
         if self._stale(slave, generation, "page"):
             return MergeStats(0, 0, 0, 0)
         counts = {"adopted": 0, "confirmed": 0, "conflicts": 0, "updated": 0}
+        # Paths a queued Delete/Rename is about to remove from this slave (sent while the
+        # page was on its way): adopting them would bring back a deleted or renamed file.
+        self._leaving = self._queued_sources(slave)  # type: ignore[attr-defined]
         with self._tx(durable=False):  # type: ignore[attr-defined]
             for item in entries:
                 outcome = self._merge_one(slave, generation, item)
@@ -209,6 +213,8 @@ class MergeMixin:
                 self._cache(path, entry_id)  # type: ignore[attr-defined]
             return None
         if row is None:
+            if path in self._leaving:
+                return None
             self._adopt(parent_id, name, slave, gen, item.size, mtime)
             return "adopted"
         entry_id, size = row[0], row[2]

@@ -97,6 +97,11 @@ class OpQueueMixin:
                     parent = path.rpartition("/")[0] or "/"
                     self.invalidate_summary(row[0], parent)  # type: ignore[attr-defined]
 
+    def _queued_sources(self, slave: str) -> frozenset[str]:
+        """Paths that `slave`'s queued Deletes and Renames will take away (usually none)."""
+        return frozenset(p for (p,) in self._db.execute(
+            "SELECT path FROM pending_ops WHERE slave = ? AND kind IN ('Delete', 'Rename')", (slave,)))
+
     def known_slaves(self) -> list[str]:
         """Every slave whose inventory was ever merged."""
         return [s for (s,) in self._db.execute("SELECT slave FROM slave_gens ORDER BY slave")]

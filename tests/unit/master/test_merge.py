@@ -214,3 +214,13 @@ def test_syncer_keeps_an_unanswered_op_queued(vfs: VirtualFS) -> None:
     assert vfs.queued_count("s1") == 0  # refused: dropped, its directory re-listed next time
     gen = vfs.begin_merge("s1")
     assert vfs.stage_summaries("s1", gen, [summary("/", UNKNOWN_DIGEST + 5)], full=False) == 1
+
+
+def test_a_page_does_not_bring_back_a_file_whose_delete_is_on_its_way(vfs: VirtualFS) -> None:
+    vfs.record_upload("/f", "s1", 1, None, 1.0, "u", "g")
+    gen = vfs.begin_merge("s1")
+    with vfs.transaction():  # DELE while the page listing /f was on its way
+        vfs.remove("/f")
+        vfs.enqueue([("s1", m.Delete(req_id=0, path="/f"))])
+    vfs.merge_page("s1", gen, [inv("/f"), inv("/g")])
+    assert vfs.lookup("/f") is None and vfs.lookup("/g") is not None
