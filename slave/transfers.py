@@ -1,4 +1,4 @@
-"""Transfers: passive listeners, one worker thread per data connection, file I/O, results.
+"""Transfers: passive listeners, a pooled worker thread per data connection, file I/O, results.
 
 Owns: the table of open listeners and running transfers (main-thread only), the
 max_transfers limit, opening files for send/receive (in the main loop, so errors become an
@@ -24,13 +24,15 @@ import enum
 import errno
 import logging
 import os
+import queue
 import socket
 import stat
+import sys
 import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from common import messages as m
 from common.config import SlaveSection
@@ -41,6 +43,152 @@ from slave.storage import Storage
 log = logging.getLogger(__name__)
 
 SENDFILE_CHUNK = 8 * 1024 * 1024
+WRITEBACK_BYTES = 8 * 1024 * 1024
+"""With fsync on, an upload starts the disk write-back of every 8 MiB it has written, so
+the final fsync waits for the last few MiB instead of the whole file (receiving and
+writing to disk overlap)."""
+CRC_HELPER_AFTER = 8 * 1024 * 1024
+"""An upload past this size hands its CRC32 to a helper thread that reads the written bytes
+back from the page cache, so checksumming overlaps receiving instead of adding to it."""
+WORKER_IDLE_S = 60.0
+"""A pooled worker thread with no transfer to run for this long exits."""
+
+
+class WorkerPool:
+    """Reusable worker threads, one per concurrent transfer.
+
+    Starting a thread per transfer (clone, an 8 MiB stack mapped and unmapped, a GIL
+    hand-over before Started can go out) cost more than a small file's whole transfer;
+    a worker that finishes waits for the next one instead, and exits after WORKER_IDLE_S.
+    `submit` never queues behind a busy worker: with no idle worker it starts a new one.
+    """
+
+    def __init__(self, run: "Callable[[Transfer], None]", idle_s: float = WORKER_IDLE_S) -> None:
+        self._run = run
+        self._idle_s = idle_s
+        self._jobs: queue.SimpleQueue[Transfer | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.idle = 0
+        self.threads = 0
+
+    def submit(self, job: "Transfer") -> None:
+        """Run `job` on a worker; raises RuntimeError when no thread can be started."""
+        with self._lock:
+            if self.idle > 0:
+                self.idle -= 1
+                self._jobs.put(job)  # under the lock: see _next()
+                return
+            self.threads += 1
+        try:
+            threading.Thread(target=self._loop, args=(job,), daemon=True, name="xfer-worker").start()
+        except BaseException:
+            with self._lock:
+                self.threads -= 1
+            raise
+
+    def close(self) -> None:
+        """Let the idle workers exit (busy ones exit after their transfer)."""
+        with self._lock:
+            for _ in range(self.idle):
+                self._jobs.put(None)
+
+    def _loop(self, job: "Transfer | None") -> None:
+        while job is not None:
+            self._run(job)
+            job = self._next()
+
+    def _next(self) -> "Transfer | None":
+        with self._lock:
+            self.idle += 1
+        try:
+            job = self._jobs.get(timeout=self._idle_s)
+        except queue.Empty:
+            pass
+        else:
+            if job is None:  # close()
+                with self._lock:
+                    self.idle -= 1
+                    self.threads -= 1
+            return job
+        with self._lock:
+            # A submit may have counted on this worker (idle -= 1) and queued its job
+            # just before the timeout: that job is in the queue now, so take it.
+            try:
+                return self._jobs.get_nowait()
+            except queue.Empty:
+                self.idle -= 1
+                self.threads -= 1
+                return None
+
+
+def _writeback_starter() -> Callable[[int, int, int], None] | None:
+    """Linux sync_file_range(SYNC_FILE_RANGE_WRITE): start writing a range to disk without
+    waiting (a hint; errors surface at the final fsync). None where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    func.restype = ctypes.c_int
+
+    def start(fd: int, offset: int, length: int) -> None:
+        func(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; ctypes releases the GIL
+
+    return start
+
+
+_start_writeback = _writeback_starter()
+
+
+class _CrcHelper:
+    """CRC32 of an upload's bytes [pos, end), computed by its own thread from the file (pread)
+    as the receiving thread reports how far it has written."""
+
+    def __init__(self, fd: int, crc: int, pos: int) -> None:
+        self._fd = fd
+        self._crc = crc
+        self._pos = self._end = pos
+        self._failed = False
+        self._closed = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="upload-crc")
+        self._thread.start()
+
+    def written_to(self, end: int) -> None:
+        with self._cv:
+            self._end = end
+            self._cv.notify()
+
+    def finish(self) -> int | None:
+        """Wait for the CRC of everything reported; None if reading the file back failed."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+        return None if self._failed else self._crc
+
+    def _run(self) -> None:
+        buf = memoryview(bytearray(CHUNK))
+        while True:
+            with self._cv:
+                while self._pos >= self._end and not self._closed:
+                    self._cv.wait()
+                if self._pos >= self._end:
+                    return
+                end = self._end
+            while self._pos < end:
+                try:
+                    n = os.preadv(self._fd, [buf[:min(len(buf), end - self._pos)]], self._pos)
+                except OSError:
+                    n = 0
+                if n == 0:
+                    self._failed = True
+                    return
+                self._crc = zlib.crc32(buf[:n], self._crc)
+                self._pos += n
 
 
 class Kind(enum.Enum):
@@ -78,6 +226,7 @@ class Transfer:
         self.connect_to = connect_to
         self.bytes = 0
         self.aborted = False
+        self.ended = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = [listener.sock] if listener else []
 
@@ -129,7 +278,9 @@ class TransferManager:
         self.ports = dataconn.PortAllocator(config.passive_ports)
         self.listeners: dict[int, Listener] = {}
         self.transfers: dict[int, Transfer] = {}
-        self.threads: dict[int, threading.Thread] = {}
+        self.ended: dict[int, threading.Event] = {}
+        """Set by the worker once the transfer's descriptors are closed and its result posted."""
+        self.pool = WorkerPool(self._work)
 
     # ------------------------------------------------------------ counts
 
@@ -231,8 +382,8 @@ class TransferManager:
     def finished(self, xfer_id: int) -> None:
         """The main loop took this transfer's TransferDone out of the outbox."""
         self.transfers.pop(xfer_id, None)
-        if (thread := self.threads.pop(xfer_id, None)) is not None:
-            thread.join(1.0)
+        if (ended := self.ended.pop(xfer_id, None)) is not None:
+            ended.wait(1.0)
 
     def expire_listeners(self, now: float) -> list[int]:
         """Close listeners nobody claimed within data_timeout; returns their xfer_ids."""
@@ -248,8 +399,9 @@ class TransferManager:
         for transfer in list(self.transfers.values()):
             transfer.abort()
         deadline = time.monotonic() + timeout
-        for thread in list(self.threads.values()):
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for ended in list(self.ended.values()):
+            ended.wait(max(0.0, deadline - time.monotonic()))
+        self.pool.close()
 
     # ------------------------------------------------------------ internals
 
@@ -268,14 +420,12 @@ class TransferManager:
             listener.sock.close()  # active mode wins over a stale PRET listener
             listener = None
         transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to)
-        thread = threading.Thread(target=self._work, args=(transfer,), daemon=True,
-                                  name=f"xfer-{xfer_id}")
         self.transfers[xfer_id] = transfer
-        self.threads[xfer_id] = thread
+        self.ended[xfer_id] = transfer.ended
         try:
-            thread.start()
+            self.pool.submit(transfer)
         except RuntimeError as exc:
-            del self.transfers[xfer_id], self.threads[xfer_id]
+            del self.transfers[xfer_id], self.ended[xfer_id]
             transfer.close_all()
             if temp is not None:
                 temp.unlink(missing_ok=True)
@@ -297,6 +447,7 @@ class TransferManager:
             except OSError:
                 pass
         self.outbox.put(done)
+        t.ended.set()
 
     def _connect(self, t: Transfer) -> socket.socket:
         """The data connection: accept on the listener or connect out. Raises OSError."""
@@ -346,9 +497,12 @@ class TransferManager:
         view = memoryview(bytearray(CHUNK))
         error: BaseException | None = None
         crc: int | None = None
+        helper: _CrcHelper | None = None
         try:
             crc, _ = crc_range(t.fd, 0, t.start, view, lambda: t.aborted)
             conn = self._connect(t)
+            writeback = _start_writeback if self.config.fsync else None
+            pos = flushed = t.start
             while True:
                 try:
                     n = conn.recv_into(view)
@@ -366,12 +520,29 @@ class TransferManager:
                 except OSError:
                     crc = None  # the file now holds bytes the CRC does not cover
                     raise
-                crc = zlib.crc32(chunk, crc)
                 t.bytes += n
+                pos += n
+                if helper is not None:
+                    helper.written_to(pos)
+                else:
+                    crc = zlib.crc32(chunk, crc)
+                    if t.bytes >= CRC_HELPER_AFTER:
+                        try:
+                            helper = _CrcHelper(t.fd, crc, pos)
+                        except RuntimeError:
+                            pass  # no thread: keep checksumming here
+                if writeback is not None and pos - flushed >= WRITEBACK_BYTES:
+                    writeback(t.fd, flushed, pos - flushed)
+                    flushed = pos
         except InterruptedError:
             error = Aborted()
         except OSError as exc:
             error = exc
+        finally:
+            if helper is not None:
+                helper_crc = helper.finish()  # before the fd can be closed
+        if helper is not None and crc is not None:
+            crc = helper_crc
         return self._finish_upload(t, error, crc)
 
     def _finish_upload(self, t: Transfer, error: BaseException | None,

@@ -1,0 +1,88 @@
+"""The slave's pooled transfer workers and the upload CRC helper thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from pathlib import Path
+
+from slave.transfers import WorkerPool, _CrcHelper
+
+
+def _wait(pred, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_finished_worker_runs_the_next_transfer() -> None:
+    done: list[int] = []
+    pool = WorkerPool(done.append)
+    for i in range(5):
+        pool.submit(i)
+        _wait(lambda: len(done) == i + 1 and pool.idle == 1)
+    assert done == [0, 1, 2, 3, 4]
+    assert pool.threads == 1
+    pool.close()
+    _wait(lambda: pool.threads == 0 and pool.idle == 0)
+
+
+def test_busy_workers_never_delay_a_new_transfer() -> None:
+    release = threading.Event()
+    started: list[int] = []
+
+    def run(job: int) -> None:
+        started.append(job)
+        release.wait(5)
+
+    pool = WorkerPool(run)
+    for i in range(3):
+        pool.submit(i)
+    _wait(lambda: len(started) == 3)
+    assert pool.threads == 3
+    release.set()
+    _wait(lambda: pool.idle == 3)
+    pool.close()
+    _wait(lambda: pool.threads == 0)
+
+
+def test_idle_workers_exit() -> None:
+    done: list[int] = []
+    pool = WorkerPool(done.append, idle_s=0.05)
+    pool.submit(1)
+    _wait(lambda: pool.threads == 0)
+    assert pool.idle == 0
+    pool.submit(2)  # a new worker starts
+    _wait(lambda: done == [1, 2])
+
+
+def test_crc_helper_matches_zlib(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        head = 1000
+        os.write(fd, data[:head])
+        helper = _CrcHelper(fd, zlib.crc32(data[:head]), head)
+        pos = head
+        while pos < len(data):
+            n = os.write(fd, data[pos:pos + 300_000])
+            pos += n
+            helper.written_to(pos)
+        assert helper.finish() == zlib.crc32(data)
+    finally:
+        os.close(fd)
+
+
+def test_crc_helper_reports_a_short_file(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"abc")
+        helper = _CrcHelper(fd, 0, 0)
+        helper.written_to(10)  # more than the file holds
+        assert helper.finish() is None
+    finally:
+        os.close(fd)
