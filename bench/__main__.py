@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +58,7 @@ class Sizes:
     rate_mbit: int = 100
 
 
-FULL = Sizes(big_bytes=1 << 30, repeat=3, small_count=1000, small_bytes=4096, sessions=20,
+FULL = Sizes(big_bytes=1 << 30, repeat=5, small_count=1000, small_bytes=4096, sessions=20,
              idle_sessions=1000, agg_bytes=200 * MB, agg_max_n=5)
 QUICK = Sizes(big_bytes=16 * MIB, repeat=1, small_count=60, small_bytes=4096, sessions=4,
               idle_sessions=50, agg_bytes=2 * MB, agg_max_n=2)
@@ -129,29 +129,61 @@ def machine() -> dict[str, Any]:
 # ---------------------------------------------------------------- sections
 
 def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
-    """{server: {mode: {"RETR": Bps, "STOR": Bps}}} (median of `repeat` runs)."""
-    out: dict[str, dict] = {}
-    for server in servers:
-        t = Target.of(server)
-        out[t.name] = {}
+    """{server: {mode: {"RETR": Bps, "STOR": Bps}}}: the median of `repeat` runs, the
+    servers taking turns run by run (loopback figures drift with the machine's other load
+    and with where the scheduler puts sender and receiver)."""
+    targets = [Target.of(server) for server in servers]
+    runs: dict[tuple[str, str, str], list[float]] = {}
+    for t in targets:
         clients.curl_transfer(t, "active", "RETR", "big.bin")  # warm-up: page cache, sessions
-        for mode in MODES:
-            retr = [clients.curl_transfer(t, mode, "RETR", "big.bin")["Bps"] for _ in range(sizes.repeat)]
-            stor = []
-            for i in range(sizes.repeat):
-                stor.append(clients.curl_transfer(t, mode, "STOR", f"up/big-{mode}-{i}.bin", big)["Bps"])
+    for i in range(sizes.repeat):
+        for t in targets:
+            for mode in MODES:
+                runs.setdefault((t.name, mode, "RETR"), []).append(
+                    clients.curl_transfer(t, mode, "RETR", "big.bin")["Bps"])
+                name = f"up/big-{mode}-{i}.bin"
+                runs.setdefault((t.name, mode, "STOR"), []).append(
+                    clients.curl_transfer(t, mode, "STOR", name, big)["Bps"])
                 with clients.connect(t) as ftp:
-                    ftp.delete(f"up/big-{mode}-{i}.bin")
-            out[t.name][mode] = {"RETR": statistics.median(retr), "STOR": statistics.median(stor),
-                                 "RETR_runs": retr, "STOR_runs": stor}
-            say(f"single stream {t.name} {mode}: RETR {statistics.median(retr) / MB:.0f} MB/s, "
-                f"STOR {statistics.median(stor) / MB:.0f} MB/s")
+                    ftp.delete(name)
+    out: dict[str, dict] = {}
+    for (server, mode, op), values in runs.items():
+        d = out.setdefault(server, {}).setdefault(mode, {})
+        d[op] = statistics.median(values)
+        d[f"{op}_runs"] = values
+    for t in targets:
+        for mode in MODES:
+            d = out[t.name][mode]
+            say(f"single stream {t.name} {mode}: RETR {d['RETR'] / MB:.0f} MB/s "
+                f"{[round(v / MB) for v in d['RETR_runs']]}, STOR {d['STOR'] / MB:.0f} MB/s "
+                f"{[round(v / MB) for v in d['STOR_runs']]}")
+    return out
+
+
+def server_pids(server: Any) -> dict[str, int]:
+    """Processes whose CPU time a transfer costs (vsftpd forks per session: not counted)."""
+    if isinstance(server, ClusterServer):
+        return {name: proc.pid for name, proc in server.procs.items()}
+    if isinstance(server, PyftpdlibServer):
+        return {"pyftpdlib": server.pid}
+    return {}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            pass
     return out
 
 
 def small_files(servers: list[Any], names: list[str], sizes: Sizes) -> dict:
-    """{server: {"RETR": {sessions: per_s}, "STOR": {...}}} in passive mode (PRET+PASV for
-    the cluster, PASV for the peers), the median of `repeat` runs.
+    """{server: {"RETR": {sessions: per_s}, "STOR": {...}, "cpu_us": {op: {sessions: {process:
+    CPU microseconds per transfer}}}}} in passive mode (PRET+PASV for the cluster, PASV for the
+    peers), the median of `repeat` runs.
 
     Passive, not active: stock pyftpdlib 2.2 stalls (421 after 30 s) when several sessions
     use PORT at once, so active mode would not measure the peer."""
@@ -159,14 +191,25 @@ def small_files(servers: list[Any], names: list[str], sizes: Sizes) -> dict:
     out: dict[str, dict] = {}
     for server in servers:
         t = Target.of(server)
-        res: dict[str, dict[str, float]] = {"RETR": {}, "STOR": {}}
+        res: dict[str, dict] = {"RETR": {}, "STOR": {}, "cpu_us": {"RETR": {}, "STOR": {}}}
+        pids = server_pids(server)
         for sessions in (1, sizes.sessions):
             retr, stor = [], []
+            cpu: dict[str, dict[str, float]] = {"RETR": {}, "STOR": {}}
             for run in range(sizes.repeat):
                 paths = [f"small/{n}" for n in names]
+                c0 = cpu_seconds(pids)
                 retr.append(clients.small_files(t, "passive", "RETR", paths, sessions)["per_s"])
+                c1 = cpu_seconds(pids)
                 ups = [f"up/s{sessions}-{run}-{i:04d}" for i in range(len(names))]
                 stor.append(clients.small_files(t, "passive", "STOR", ups, sessions, data)["per_s"])
+                c2 = cpu_seconds(pids)
+                for name in c0:
+                    per = len(names) * sizes.repeat / 1e6
+                    cpu["RETR"][name] = cpu["RETR"].get(name, 0.0) + (c1[name] - c0[name]) / per
+                    cpu["STOR"][name] = cpu["STOR"].get(name, 0.0) + (c2[name] - c1[name]) / per
+            res["cpu_us"]["RETR"][str(sessions)] = cpu["RETR"]
+            res["cpu_us"]["STOR"][str(sessions)] = cpu["STOR"]
             res["RETR"][str(sessions)] = statistics.median(retr)
             res["STOR"][str(sessions)] = statistics.median(stor)
             say(f"small files {t.name} x{sessions}: RETR {statistics.median(retr):.0f}/s "
@@ -238,6 +281,8 @@ def aggregate(work: Path, sizes: Sizes, use_tc: bool, modes: tuple[str, ...] = (
         for n in range(1, sizes.agg_max_n + 1):
             for mode in modes:
                 runs.append(aggregate_once(work / f"agg-n{n}-{mode}", files[:n], mode, sizes))
+        n = sizes.agg_max_n  # for contrast: the same downloads relayed by the master
+        runs.append(aggregate_once(work / f"agg-n{n}-relay", files[:n], "relay", sizes))
 
     if use_tc:
         why = tc.refusal()
@@ -320,7 +365,8 @@ def report(results: dict) -> str:
 
     lines += ["| measurement | mode | cluster | pyftpdlib | vsftpd | cluster / pyftpdlib | target |",
               "|---|---|---:|---:|---:|---:|---:|"]
-    mode_name = {"active": "active (PORT)", "passive": "passive (cluster: PRET+PASV)"}
+    mode_name = {"active": "active (PORT)", "passive": "passive (cluster: PRET+PASV)",
+                 "relay": "relay (PASV without PRET)"}
     for op in ("RETR", "STOR"):
         for mode in MODES:
             vals = [get(single, s, mode, op) for s in ("cluster", *peers)]
@@ -333,6 +379,24 @@ def report(results: dict) -> str:
             lines.append(f"| {sizes['small_count']:,} x {op} {sizes['small_bytes'] // 1024} KiB, ftplib, "
                          f"{what} | {mode_name['passive']} | " + " | ".join(_rate(v) for v in vals)
                          + f" | {_ratio(vals[0], vals[1])} | >= {target} |")
+    cpu_rows = []
+    for op in ("RETR", "STOR"):
+        for sessions in ("1", str(sizes["sessions"])):
+            cells = []
+            for s in ("cluster", "pyftpdlib"):
+                per = get(small, s, "cpu_us", op, sessions)
+                if per:
+                    total = sum(per.values())
+                    parts = ", ".join(f"{k} {v:,.0f}" for k, v in per.items()) if len(per) > 1 else ""
+                    cells.append(f"{total:,.0f} µs" + (f" ({parts})" if parts else ""))
+                else:
+                    cells.append("-")
+            cpu_rows.append(f"| {op}, {sessions} session{'s' if sessions != '1' else ''} | " + " | ".join(cells) + " |")
+    if any("µs" in r for r in cpu_rows):
+        tail_cpu = ["", "Server CPU time per small-file transfer (all threads of each process):", "",
+                    "| transfer | cluster (broker, master, slave) | pyftpdlib |", "|---|---|---|", *cpu_rows]
+    else:
+        tail_cpu = []
     idle = results.get("idle", {})
     if idle:
         c, p = idle.get("cluster"), idle.get("pyftpdlib")
@@ -344,6 +408,7 @@ def report(results: dict) -> str:
         lines.append(f"| CPU time to log {sizes['idle_sessions']:,} sessions in | - | "
                      f"{c['cpu_s_logins']:.2f} s | " + (f"{p['cpu_s_logins']:.2f} s" if p else "-")
                      + " | - | - | - |")
+    lines += tail_cpu
     agg = results.get("aggregate")
     if agg:
         lines += ["", f"Aggregate bandwidth ({'tc htb: ' + str(agg['rate_mbit']) + ' Mbit/s per slave address' if agg['limited'] else agg['note']}), "
@@ -408,10 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-vsftpd", action="store_true", help="leave vsftpd out")
     p.add_argument("--only", default="single,small,idle,aggregate",
                    help="comma-separated sections to run (default: all)")
+    p.add_argument("--agg-mb", type=int, default=None, help="size of each aggregate-run file in MB")
+    p.add_argument("--max-slaves", type=int, default=None, help="largest N in the aggregate run")
     p.add_argument("--out", default="bench-out", help="directory for results.json/.md and aggregate.png")
     p.add_argument("--work", default=None, help="scratch directory (default: a new temp dir, removed)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.agg_mb is not None:
+        sizes = replace(sizes, agg_bytes=args.agg_mb * MB)
+    if args.max_slaves is not None:
+        sizes = replace(sizes, agg_max_n=args.max_slaves)
     sections = set(args.only.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ The same client code runs against every server. Data modes:
 - "active": PORT; the server (the slave, for the cluster) connects to the client.
 - "passive": PASV; for the cluster PRET is sent first so the client connects to the slave
   (curl: --ftp-pret --no-ftp-skip-pasv-ip --disable-epsv; the peers get plain PASV/EPSV).
+- "relay" (curl only): plain EPSV without PRET, which the cluster's master relays.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def curl_args(t: Target, mode: str) -> list[str]:
     args = ["curl", "--silent", "--show-error", "--fail", "--max-time", "600"]
     if mode == "active":
         args += ["-P", t.host]
-    elif t.pret:
+    elif mode == "passive" and t.pret:
         args += ["--ftp-pret", "--no-ftp-skip-pasv-ip", "--disable-epsv"]
+    # "relay": plain EPSV/PASV, which the cluster's master answers by relaying the bytes
     return args
 
 

@@ -36,8 +36,12 @@ def test_quick_benchmark_runs(tmp_path: Path) -> None:
             assert set(results["small"][server][op]) == {"1", str(results["sizes"]["sessions"])}
     assert results["idle"]["cluster"]["rss_with_sessions"] > 0
     runs = results["aggregate"]["runs"]
-    assert [r["n"] for r in runs] == [1, 2]
-    assert all(r["relayed_bytes"] == 0 for r in runs)  # PRET: the master carried no file bytes
+    direct = [r for r in runs if r["mode"] == "passive"]
+    assert [r["n"] for r in direct] == [1, 2]
+    assert all(r["relayed_bytes"] == 0 for r in direct)  # PRET: the master carried no file bytes
+    relay = [r for r in runs if r["mode"] == "relay"]
+    assert [r["n"] for r in relay] == [2]
+    assert relay[0]["relayed_bytes"] == relay[0]["bytes"] > 0  # without PRET it carries them all
     assert results["relayed_bytes_single_small"] == 0
     assert "vsftpd skipped" in " ".join(results["notes"])
     table = (out / "results.md").read_text()
