@@ -55,17 +55,50 @@ class Sizes:
     idle_sessions: int
     agg_bytes: int
     agg_max_n: int
+    small_repeat: int = 3
     rate_mbit: int = 100
 
 
 FULL = Sizes(big_bytes=1 << 30, repeat=5, small_count=1000, small_bytes=4096, sessions=20,
              idle_sessions=1000, agg_bytes=200 * MB, agg_max_n=5)
 QUICK = Sizes(big_bytes=16 * MIB, repeat=1, small_count=60, small_bytes=4096, sessions=4,
-              idle_sessions=50, agg_bytes=2 * MB, agg_max_n=2)
+              idle_sessions=50, agg_bytes=2 * MB, agg_max_n=2, small_repeat=1)
+TIME_WAIT_LIMIT = 6000
+"""Every small-file transfer leaves a TCP connection in TIME_WAIT for 60 s, on loopback
+from the same 28,000-port ephemeral range: past a few thousand, picking a free port gets
+slow (and vsftpd's bind fails). Each run waits until fewer than this many remain."""
 
 
 def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def time_wait_count() -> int:
+    """TCP connections in TIME_WAIT on this machine (/proc/net/sockstat "tw")."""
+    count = 0
+    for name in ("/proc/net/sockstat", "/proc/net/sockstat6"):
+        try:
+            for line in Path(name).read_text().splitlines():
+                words = line.split()
+                if words and words[0] in ("TCP:", "TCP6:") and "tw" in words:
+                    count += int(words[words.index("tw") + 1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return count
+
+
+SETTLED = {"waits": 0, "seconds": 0.0}
+
+
+def settle(limit: int = TIME_WAIT_LIMIT, timeout: float = 120.0) -> None:
+    """Wait (bounded) until fewer than `limit` connections are in TIME_WAIT."""
+    start = time.monotonic()
+    if time_wait_count() < limit:
+        return
+    while time_wait_count() >= limit and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+    SETTLED["waits"] += 1
+    SETTLED["seconds"] += time.monotonic() - start
 
 
 # ---------------------------------------------------------------- data
@@ -137,6 +170,7 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
     for t in targets:
         clients.curl_transfer(t, "active", "RETR", "big.bin")  # warm-up: page cache, sessions
     for i in range(sizes.repeat):
+        settle()
         for t in targets:
             for mode in MODES:
                 runs.setdefault((t.name, mode, "RETR"), []).append(
@@ -196,18 +230,21 @@ def small_files(servers: list[Any], names: list[str], sizes: Sizes) -> dict:
         for sessions in (1, sizes.sessions):
             retr, stor = [], []
             cpu: dict[str, dict[str, float]] = {"RETR": {}, "STOR": {}}
-            for run in range(sizes.repeat):
+            for run in range(sizes.small_repeat):
                 paths = [f"small/{n}" for n in names]
+                settle()
                 c0 = cpu_seconds(pids)
                 retr.append(clients.small_files(t, "passive", "RETR", paths, sessions)["per_s"])
                 c1 = cpu_seconds(pids)
                 ups = [f"up/s{sessions}-{run}-{i:04d}" for i in range(len(names))]
-                stor.append(clients.small_files(t, "passive", "STOR", ups, sessions, data)["per_s"])
+                settle()
                 c2 = cpu_seconds(pids)
+                stor.append(clients.small_files(t, "passive", "STOR", ups, sessions, data)["per_s"])
+                c3 = cpu_seconds(pids)
                 for name in c0:
-                    per = len(names) * sizes.repeat / 1e6
+                    per = len(names) * sizes.small_repeat / 1e6
                     cpu["RETR"][name] = cpu["RETR"].get(name, 0.0) + (c1[name] - c0[name]) / per
-                    cpu["STOR"][name] = cpu["STOR"].get(name, 0.0) + (c2[name] - c1[name]) / per
+                    cpu["STOR"][name] = cpu["STOR"].get(name, 0.0) + (c3[name] - c2[name]) / per
             res["cpu_us"]["RETR"][str(sessions)] = cpu["RETR"]
             res["cpu_us"]["STOR"][str(sessions)] = cpu["STOR"]
             res["RETR"][str(sessions)] = statistics.median(retr)
@@ -226,6 +263,7 @@ def process_cost(pid: int) -> tuple[int, float]:
 
 def idle_sessions(server: Any, pid: int, count: int) -> dict:
     t = Target.of(server)
+    settle()
     rss0, cpu0 = process_cost(pid)
     start = time.monotonic()
     sessions = clients.open_idle_sessions(t, count)
@@ -498,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["time_wait_settling"] = dict(SETTLED)
     text = report(results)
     why = plot(results, out / "aggregate.png")
     if why and "aggregate" in sections:
