@@ -53,6 +53,7 @@ class SlaveRecord:
     disk_free: int
     last_seen: float
     last_sent: float
+    started_ns: int = 0
 
     def slave_up(self) -> m.SlaveUp:
         return m.SlaveUp(name=self.name, incarnation=self.incarnation, data_host=self.data_host,
@@ -128,19 +129,26 @@ class Registry:
         return out
 
     def _hello(self, routing_id: bytes, hello: m.Hello, now: float, out: list[Send]) -> None:
+        """Register `hello`. Of two incarnations of one name the greater (started_ns,
+        incarnation) wins: a newer one replaces the registered one (which is told
+        "superseded"), an older or equal one is told "superseded" and not registered."""
+        old = self.slaves.get(hello.name)
+        superseded = m.Disconnect(reason=f"superseded: another slave named {hello.name} is registered")
+        if old is not None and old.incarnation != hello.incarnation:
+            if (hello.started_ns, hello.incarnation) <= (old.started_ns, old.incarnation):
+                # Not newer than the registered process (two slaves sharing a name): refused,
+                # so they cannot take turns replacing each other forever.
+                self._send_slave(routing_id, superseded, out, now, record=None)
+                return
+            # A restart: the old process is gone (or must go).
+            self._remove(old, "replaced by a new incarnation", out, now)
+            if old.routing_id != routing_id:
+                self._send_slave(old.routing_id, superseded, out, now, record=None)
+            old = None
         # A routing id that spoke for another name gives that name up.
         previous = self.slave_by_routing_id(routing_id)
         if previous is not None and previous.name != hello.name:
             self._remove(previous, f"connection now used by {hello.name}", out, now)
-
-        old = self.slaves.get(hello.name)
-        if old is not None and old.incarnation != hello.incarnation:
-            # A restart: the old process is gone (or must go).
-            self._remove(old, "replaced by a new incarnation", out, now)
-            if old.routing_id != routing_id:
-                self._send_slave(old.routing_id, m.Disconnect(reason="replaced by a new incarnation"),
-                                 out, now, record=None)
-            old = None
         if old is not None and old.routing_id != routing_id:
             # Same process on a new connection (reconnect, broker restart): re-point the route.
             self._names.pop(old.routing_id, None)
@@ -149,7 +157,7 @@ class Registry:
             name=hello.name, incarnation=hello.incarnation, routing_id=routing_id,
             data_host=hello.data_host, max_transfers=hello.max_transfers,
             disk_total=hello.disk_total, disk_free=hello.disk_free, last_seen=now,
-            last_sent=old.last_sent if old is not None else now)
+            last_sent=old.last_sent if old is not None else now, started_ns=hello.started_ns)
         self.slaves[hello.name] = record
         self._names[routing_id] = hello.name
         self._send_slave(routing_id, m.Welcome(heartbeat_ms=self.heartbeat_ms, liveness=self.liveness),

@@ -196,6 +196,17 @@ class TransferDone(Message):
     aborted: bool = False
     error: str = ""
     errno: int = 0
+    kept_old: bool = False
+    """A failed overwrite: the previous file was left intact (size/mtime are its own);
+    nothing of this upload was kept, so the master records nothing."""
+
+
+class TransferProgress(Message):
+    """Bytes moved so far by running transfer `xfer_id` (about once a second; a hint for
+    STAT and SITE WHO, never acknowledged)."""
+
+    xfer_id: int
+    bytes: int
 
 
 class InventoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -229,13 +240,14 @@ class ChecksumResult(Message):
     size: int
 
 
-SlaveReply = Union[OpResult, Listening, Started, TransferDone, InventoryPage, ChecksumResult]
+SlaveReply = Union[OpResult, Listening, Started, TransferDone, InventoryPage, ChecksumResult,
+                   TransferProgress]
 
 
 # ---------------------------------------------------------------- slave <-> broker
 
 class Hello(Message, kw_only=True):
-    """Slave registration. A new incarnation (one per process start) replaces the old one."""
+    """Slave registration. A newer incarnation (one per process start) replaces the old one."""
 
     name: str
     incarnation: str
@@ -245,10 +257,13 @@ class Hello(Message, kw_only=True):
     max_transfers: int
     disk_total: int = 0
     disk_free: int = 0
+    started_ns: int = 0
+    """time.time_ns() at process start: of two incarnations of one name, the one with the
+    greater (started_ns, incarnation) is registered and the other is told "superseded"."""
 
 
 SlaveToBroker = Union[Hello, Heartbeat, Bye, OpResult, Listening, Started, TransferDone,
-                      InventoryPage, ChecksumResult]
+                      InventoryPage, ChecksumResult, TransferProgress]
 BrokerToSlave = Union[Welcome, Heartbeat, Disconnect, Listen, StartSend, StartReceive, Abort,
                       DoneAck, Delete, Rename, MakeDir, RemoveDir, Checksum, InventoryRequest]
 

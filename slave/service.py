@@ -65,6 +65,9 @@ class SlaveService:
     def __init__(self, config: cfgmod.SlaveConfig) -> None:
         self.cfg = config.slave
         self.incarnation = uuid.uuid4().hex
+        self.started_ns = time.time_ns()
+        """Orders this process against another slave of the same name (the newer wins)."""
+        self.exit_status = 0
         self.data_host = self.cfg.data_host or self.cfg.data_bind
         self.storage = Storage(self.cfg.root)
         self.outbox = Outbox()
@@ -122,7 +125,7 @@ class SlaveService:
         return self.send(m.Hello(
             name=self.cfg.name, incarnation=self.incarnation, version=_version(),
             data_host=self.data_host, max_transfers=self.cfg.max_transfers,
-            disk_total=total, disk_free=free))
+            disk_total=total, disk_free=free, started_ns=self.started_ns))
 
     def error(self, req_id: int, exc: OSError) -> None:
         if req_id:  # req_id 0 marks a notification (master's link.notify): nobody waits
@@ -160,7 +163,7 @@ class SlaveService:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0
+        return self.exit_status
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.draining:
@@ -266,6 +269,13 @@ class SlaveService:
                 self.resend_unacked()
             case m.Heartbeat():
                 pass
+            case m.Disconnect(reason=reason) if reason.startswith("superseded"):
+                # Another process of this name is registered and newer: saying Hello again
+                # would only fight it. Exit; the service manager's restart back-off decides.
+                log.error("broker refused slave %s (%s): another process uses this name; exiting",
+                          self.cfg.name, reason)
+                self.exit_status = 1
+                self.stopping = True
             case m.Disconnect(reason=reason):
                 log.info("broker says disconnect (%s); saying hello again", reason)
                 self.welcomed = False

@@ -386,3 +386,52 @@ def test_sigterm_exits_zero_promptly(broker: BrokerProcess, connect: Callable[[s
     broker.proc.send_signal(signal.SIGTERM)
     assert broker.proc.wait(timeout=5) == 0
     assert time.monotonic() - sent < 1.5
+
+
+def _start_slave(tmp_path: Path, broker: BrokerProcess, tag: str, name: str) -> subprocess.Popen[bytes]:
+    root = tmp_path / f"root-{tag}"
+    root.mkdir()
+    config = tmp_path / f"slave-{tag}.toml"
+    config.write_text(
+        "[slave]\n"
+        f'name = "{name}"\nroot = "{root}"\n'
+        f'broker_endpoint = "{broker.slave_ep}"\nstats_endpoint = "{broker.stats_in_ep}"\n'
+        "[log]\nlevel = \"debug\"\n")
+    with open(tmp_path / f"slave-{tag}.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "slave", "--config", str(config)],
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _up_down_lines(broker: BrokerProcess, name: str) -> list[str]:
+    return [line for line in broker.log_text().splitlines()
+            if f"slave {name} up " in line or f"slave {name} down " in line]
+
+
+def test_two_slave_processes_with_one_name_do_not_storm(broker: BrokerProcess, tmp_path: Path,
+                                                        connect: Callable[[str], Peer]) -> None:
+    """The newer process replaces the older, which is told "superseded" and exits 1."""
+    register_master(connect)
+    procs = []
+    try:
+        old = _start_slave(tmp_path, broker, "old", "dup")
+        procs.append(old)
+        deadline = time.monotonic() + 15
+        while not _up_down_lines(broker, "dup"):
+            assert time.monotonic() < deadline, broker.log_text()
+            time.sleep(0.05)
+        before = len(_up_down_lines(broker, "dup"))
+        new = _start_slave(tmp_path, broker, "new", "dup")
+        procs.append(new)
+        assert old.wait(timeout=15) == 1
+        time.sleep(3.0)  # a storm would flip the name up and down hundreds of times by now
+        lines = _up_down_lines(broker, "dup")[before:]
+        assert len(lines) < 5, "\n".join(lines)
+        assert new.poll() is None  # the newer one stays registered
+        assert "up (incarnation" in lines[-1], "\n".join(lines)
+        old_log = (tmp_path / "slave-old.log").read_text()
+        assert "superseded" in old_log and "exiting" in old_log
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)

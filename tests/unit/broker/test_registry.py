@@ -88,11 +88,51 @@ def test_new_incarnation_replaces_old(reg: Registry) -> None:
                                          reason="replaced by a new incarnation")
     assert isinstance(master_msgs[1], m.SlaveUp) and master_msgs[1].incarnation == "inc-b"
     assert len(master_msgs) == 2
-    assert to_slave(sends, S1) == [m.Disconnect(reason="replaced by a new incarnation")]
+    assert to_slave(sends, S1) == [
+        m.Disconnect(reason="superseded: another slave named s1 is registered")]
     assert to_slave(sends, S1_NEW) == [m.Welcome(heartbeat_ms=1000, liveness=5)]
     assert reg.slaves["s1"].routing_id == S1_NEW
     assert reg.slave_by_routing_id(S1) is None
     assert [type(c) for c in reg.take_changes()] == [m.SlaveDown, m.SlaveUp]
+
+
+def test_two_slaves_with_one_name_do_not_storm(reg: Registry) -> None:
+    """The older of two processes sharing a name is refused, not registered (no up/down
+    flips however often it says Hello); the newer one stays."""
+    superseded = m.Disconnect(reason="superseded: another slave named s1 is registered")
+    newer = m.Hello(name="s1", incarnation="inc-a", data_host="h", max_transfers=1, started_ns=200)
+    older = m.Hello(name="s1", incarnation="inc-z", data_host="h", max_transfers=1, started_ns=100)
+    reg.from_slave(S1_NEW, newer, now=0.0)
+    reg.take_changes()
+    for i in range(50):
+        sends = reg.from_slave(S1, older, now=0.1 + i * 0.01)
+        assert sends == [Send("slave", S1, superseded)]
+    assert reg.take_changes() == []
+    assert reg.slaves["s1"].incarnation == "inc-a" and reg.slave_by_routing_id(S1) is None
+    # A refused sender is not registered: its other messages get "not registered".
+    assert to_slave(reg.from_slave(S1, m.Heartbeat(), now=1.0), S1) == [
+        m.Disconnect(reason="not registered")]
+    # Same start time: the greater incarnation id decides, the same way every time.
+    tie = m.Hello(name="s1", incarnation="inc-0", data_host="h", max_transfers=1, started_ns=200)
+    assert reg.from_slave(S2, tie, now=1.0) == [Send("slave", S2, superseded)]
+
+
+def test_restarted_newer_slave_replaces_and_supersedes_the_old(reg: Registry) -> None:
+    superseded = m.Disconnect(reason="superseded: another slave named s1 is registered")
+    first = m.Hello(name="s1", incarnation="inc-z", data_host="h", max_transfers=1, started_ns=100)
+    restarted = m.Hello(name="s1", incarnation="inc-a", data_host="h", max_transfers=1, started_ns=300)
+    reg.from_slave(S1, first, now=0.0)
+    reg.take_changes()
+    sends = reg.from_slave(S1_NEW, restarted, now=1.0)
+    assert to_slave(sends, S1) == [superseded]
+    assert to_slave(sends, S1_NEW) == [m.Welcome(heartbeat_ms=1000, liveness=5)]
+    assert [type(c) for c in reg.take_changes()] == [m.SlaveDown, m.SlaveUp]
+    assert reg.slaves["s1"].incarnation == "inc-a"
+    # The old process, if it says Hello again before exiting, is refused: no flip back.
+    assert reg.from_slave(S1, first, now=2.0) == [Send("slave", S1, superseded)]
+    assert reg.take_changes() == []
+    # The registered process re-saying Hello (reconnect) is still just SlaveUp.
+    assert [type(x) for x in to_master(reg.from_slave(S1_NEW, restarted, now=3.0))] == [m.SlaveUp]
 
 
 def test_same_incarnation_from_new_routing_id_repoints_route(reg: Registry) -> None:
