@@ -74,7 +74,10 @@ class Broker:
         self.slave_sock = zmqsock.bound_router(self.ctx, s.slave_endpoint)
         self.xsub = zmqsock.bound_xsub(self.ctx, s.stats_in_endpoint)
         self.xpub = zmqsock.bound_xpub(self.ctx, s.stats_out_endpoint)
-        self.xsub.send(SUBSCRIBE + wire.STATS_TOPIC_PREFIX)
+        try:
+            self.xsub.send(SUBSCRIBE + wire.STATS_TOPIC_PREFIX, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # includes zmq.Again
+            logger.error("stats: subscribing upstream failed: %s", exc)
         logger.info("listening: master %s, slaves %s, stats in %s, stats out %s",
                     s.master_endpoint, s.slave_endpoint, s.stats_in_endpoint, s.stats_out_endpoint)
 
