@@ -359,7 +359,7 @@ class Transfer:
 
     def _record_upload(self, msg: m.TransferDone) -> None:
         vfs = self.cluster.vfs
-        if not msg.ok and msg.bytes == 0:
+        if not msg.ok and (msg.bytes == 0 or msg.kept_old):
             return  # the slave left the previous file (if any) untouched
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:

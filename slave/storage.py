@@ -83,8 +83,11 @@ class Storage:
         return "/" + real.relative_to(self.root).as_posix()
 
     def temp_for(self, real: Path, tag: str = "") -> Path:
-        """A fresh temp name next to `real` (same directory, so a rename is atomic)."""
-        return real.with_name(f"{TEMP_PREFIX}{tag or uuid.uuid4().hex}.{real.name}"[:255])
+        """A fresh temp name next to `real` (same directory, so a rename is atomic).
+
+        Fixed length (`.ftpc-part.<32 hex>`), whatever the target's name: a 255-byte
+        multibyte name cannot make it too long."""
+        return real.with_name(f"{TEMP_PREFIX}{tag or uuid.uuid4().hex}")
 
     # ------------------------------------------------------------ tree operations
 

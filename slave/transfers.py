@@ -12,9 +12,12 @@ closes them: only the worker closes its file descriptors, so a number is never r
 under a thread still using it.
 
 Uploads with offset 0 and no append go to a temp file renamed over the target at the end
-(a concurrent download of the old file is not disturbed). A failed or aborted upload
-keeps what arrived (FTP convention, so REST can resume) and reports its size and CRC;
-one that failed before any byte arrived leaves the target untouched (size 0, crc None).
+(a concurrent download of the old file is not disturbed). A failed or aborted upload to a
+new name keeps what arrived under that name (FTP convention, so REST can resume) and
+reports its size and CRC; one that failed before any byte arrived leaves the target
+untouched (size 0, crc None). A failed overwrite (the target existed when the upload
+started) removes the temp file and leaves the old file intact: TransferDone(ok=False,
+kept_old=True, size=the old file's size, crc32=None, bytes=what arrived).
 """
 
 from __future__ import annotations
@@ -215,8 +218,10 @@ class Transfer:
 
     def __init__(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
                  temp: Path | None, listener: Listener | None,
-                 connect_to: tuple[str, int] | None) -> None:
+                 connect_to: tuple[str, int] | None, overwrite: bool = False) -> None:
         self.xfer_id = xfer_id
+        self.overwrite = overwrite
+        """A temp-file upload whose target existed at the start: a failure keeps the old file."""
         self.kind = kind
         self.fd = fd
         self.start = start
@@ -345,11 +350,13 @@ class TransferManager:
         self.storage.ensure_parent(real)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # RDWR: CRC of the prefix
         temp: Path | None = None
+        overwrite = False
         if msg.append or msg.offset:
             fd = os.open(real, flags, 0o644)
         else:
             if real.is_dir() and not real.is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "target is a directory")
+            overwrite = os.path.lexists(real)
             temp = self.storage.temp_for(real)
             fd = os.open(temp, flags | os.O_EXCL, 0o644)
         try:
@@ -367,7 +374,7 @@ class TransferManager:
             if temp is not None:
                 temp.unlink(missing_ok=True)
             raise
-        self._launch(msg.xfer_id, Kind.RECEIVE, fd, start, real, temp, msg.connect_to)
+        self._launch(msg.xfer_id, Kind.RECEIVE, fd, start, real, temp, msg.connect_to, overwrite)
 
     def abort(self, xfer_id: int) -> bool:
         """Stop a transfer or close a listener; True if there was something to stop."""
@@ -414,12 +421,13 @@ class TransferManager:
             self._check_capacity(xfer_id)
 
     def _launch(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
-                temp: Path | None, connect_to: tuple[str, int] | None) -> None:
+                temp: Path | None, connect_to: tuple[str, int] | None,
+                overwrite: bool = False) -> None:
         listener = self.listeners.pop(xfer_id, None)
         if connect_to is not None and listener is not None:
             listener.sock.close()  # active mode wins over a stale PRET listener
             listener = None
-        transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to)
+        transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite)
         self.transfers[xfer_id] = transfer
         self.ended[xfer_id] = transfer.ended
         try:
@@ -439,8 +447,11 @@ class TransferManager:
         except BaseException as exc:  # never lose a completion
             log.exception("transfer %d crashed", t.xfer_id)
             text, code = _os_error(exc)
+            if t.overwrite and t.temp is not None:
+                t.temp.unlink(missing_ok=True)  # the old file stays
             done = m.TransferDone(xfer_id=t.xfer_id, ok=False, bytes=t.bytes, size=0,
-                                  aborted=t.aborted, error=text, errno=code)
+                                  aborted=t.aborted, error=text, errno=code,
+                                  kept_old=t.overwrite and t.temp is not None)
         finally:
             try:
                 t.close_all()
@@ -548,6 +559,14 @@ class TransferManager:
     def _finish_upload(self, t: Transfer, error: BaseException | None,
                        crc: int | None) -> m.TransferDone:
         failed = error is not None or t.aborted
+        if t.temp is not None and failed and t.overwrite:
+            # A failed overwrite: the old file stays as it was (DESIGN-NOTES), the bytes go.
+            t.temp.unlink(missing_ok=True)
+            try:
+                old: os.stat_result | None = os.stat(t.real, follow_symlinks=False)
+            except OSError:
+                old = None
+            return self._done(t, error or Aborted(), old, None, kept_old=True)
         if t.temp is not None and failed and t.bytes == 0:
             t.temp.unlink(missing_ok=True)  # nothing arrived: leave the target untouched
             return self._done(t, error or Aborted(), None, None)
@@ -564,7 +583,7 @@ class TransferManager:
         return self._done(t, error, st, crc)
 
     def _done(self, t: Transfer, error: BaseException | None, st: os.stat_result | None,
-              crc: int | None) -> m.TransferDone:
+              crc: int | None, kept_old: bool = False) -> m.TransferDone:
         if t.aborted:
             error = Aborted()
         text, code = _os_error(error) if error is not None else ("", 0)
@@ -575,7 +594,7 @@ class TransferManager:
             size=st.st_size if st is not None else 0,
             crc32=crc if st is not None else None,
             mtime_ms=st.st_mtime_ns // 1_000_000 if st is not None else 0,
-            aborted=t.aborted, error=text, errno=code)
+            aborted=t.aborted, error=text, errno=code, kept_old=kept_old)
 
 
 def _fsync_dir(path: Path) -> None:

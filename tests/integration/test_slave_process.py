@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -338,6 +339,51 @@ def test_upload_failing_before_any_byte_keeps_old_file(link: tuple[FakeBroker, S
     assert sorted(p.name for p in slave.root.iterdir()) == ["keep"]  # no temp file left
     assert broker.request(m.MakeDir, path="/after").ok
     assert not [r for r in broker.backlog if getattr(r, "req_id", None) == 0]
+
+
+def _reset_upload(broker: FakeBroker, path: str, data: bytes) -> m.TransferDone:
+    """A passive upload of `data` whose data connection is then reset (RST, not FIN)."""
+    xfer = broker.ids()
+    port = broker.listen(xfer)
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        assert isinstance(broker.request(m.StartReceive, xfer_id=xfer, path=path), m.Started)
+        client.sendall(data)
+        time.sleep(0.3)  # let the slave read (and write) what was sent
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        client.close()
+    return broker.done(xfer, timeout=10)
+
+
+def test_failed_overwrite_keeps_old_file(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    (slave.root / "keep").write_bytes(b"old content")
+    done = _reset_upload(broker, "/keep", b"new bytes that never finish")
+    assert not done.ok and done.kept_old and done.errno != 0
+    assert done.bytes == len(b"new bytes that never finish")
+    assert (done.size, done.crc32) == (len(b"old content"), None)
+    assert (slave.root / "keep").read_bytes() == b"old content"
+    assert sorted(p.name for p in slave.root.iterdir()) == ["keep"]  # no temp file left
+
+
+def test_failed_new_upload_keeps_partial_under_its_name(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    done = _reset_upload(broker, "/fresh", b"partial")
+    assert not done.ok and not done.kept_old and done.bytes == 7
+    assert (done.size, done.crc32) == (7, zlib.crc32(b"partial"))
+    assert (slave.root / "fresh").read_bytes() == b"partial"  # REST can resume it
+    assert sorted(p.name for p in slave.root.iterdir()) == ["fresh"]
+
+
+def test_stor_of_a_220_byte_multibyte_name(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    name = "\u00e9" * 110  # 220 bytes in UTF-8: the old temp name (prefix + uuid + name) was too long
+    assert len(name.encode()) == 220
+    done = broker.active_put(f"/d/{name}", b"payload")
+    assert done.ok and done.size == 7, done
+    assert (slave.root / "d" / name).read_bytes() == b"payload"
+    assert [p.name for p in (slave.root / "d").iterdir()] == [name]
 
 
 def test_passive_accepts_only_allowed_ip(link: tuple[FakeBroker, SlaveProc]) -> None:
