@@ -166,6 +166,10 @@ class Transfer:
     """RETR/STOR/APPE/STOU on one slave. Watches its xfer_id on the link; replies to its
     session while attached; records uploads whether or not the session is still there."""
 
+    old_holders: frozenset[str] | None = None
+    """A plain STOR over an existing file: the slaves holding the old content. A failed
+    overwrite records nothing (the old file stays, DESIGN-NOTES)."""
+
     def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
                  xfer_id: int, offset: int = 0, relay: Relay | None = None) -> None:
         self.session: ClusterFTPHandler | None = session
@@ -361,6 +365,21 @@ class Transfer:
         vfs = self.cluster.vfs
         if not msg.ok and (msg.bytes == 0 or msg.kept_old):
             return  # the slave left the previous file (if any) untouched
+        if not msg.ok and self.old_holders is not None:
+            # A failed overwrite on a slave without the old file: the old entry stays, and the
+            # partial file that slave kept under the name is not its content.
+            if self.slave not in self.old_holders:
+                try:
+                    with vfs.transaction():
+                        ops = vfs.enqueue([(self.slave, m.Delete(req_id=0, path=self.path))])
+                except OSError as exc:
+                    log.warning("partial overwrite of %s on %s not queued for deletion (%s)",
+                                self.path, self.slave, exc)
+                    ops = []
+                    self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
+                for op in ops:
+                    self.cluster.link.send_op(op)
+            return
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:
             with vfs.transaction():  # the new record and the stale copies' Deletes, at once
@@ -483,6 +502,8 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:
+        transfer.old_holders = frozenset(entry.slaves)
     if kind in UPLOADS:
         # Reserved on the slave until its next stats show the space used (placement).
         transfer.reserve_bytes, h.allo_size = h.allo_size, 0

@@ -12,6 +12,8 @@ import os
 import queue
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -121,17 +123,30 @@ def run(argv: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
 
 def test_rest_resume_of_an_interrupted_upload(cluster):
     data = os.urandom(8 * 1024 * 1024 + 123)
-    name = "/resume-up.bin"
+    name = "/resume-up.bin"  # a new file: a failed overwrite would keep the old one instead
     with cluster.ftp() as ftp:
-        # The client goes away midway: it closes the data socket after 3 MiB.
+        # The client dies midway: 3 MiB sent, then the data socket is reset (SO_LINGER 0:
+        # RST, no FIN), so the slave cannot mistake it for the end of the file.
         with open_data(ftp, f"STOR {name}", "pret") as conn:
             conn.sendall(data[:3 * 1024 * 1024])
-        try:
+
+            def receiving() -> bool:  # the slave has taken bytes off the socket
+                sizes = []
+                for n in cluster.slave_names:
+                    for p in cluster.slave_root(n).glob(f"*{name[1:]}"):  # also .ftpc-part.*
+                        try:
+                            sizes.append(p.stat().st_size)
+                        except OSError:
+                            pass
+                return any(size >= 1024 * 1024 for size in sizes)
+            wait_for(receiving, 15, "the slave to write the first MiB")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with pytest.raises(ftplib.error_temp, match=r"^(426|451)"):
             ftp.voidresp()
-        except ftplib.Error:
-            pass  # 226 or 426: either way the server keeps what it received
         n = ftp.size(name)
         assert n is not None and 0 < n <= 3 * 1024 * 1024
+        holders = cluster.holders(name)
+        assert len(holders) == 1 and (cluster.slave_root(holders[0]) / name[1:]).stat().st_size == n
         assert upload(ftp, name, data, "pret", rest=n, offset=n).startswith("226")
         assert ftp.size(name) == len(data)
         assert download(ftp, name, "pret") == data
@@ -171,6 +186,29 @@ def test_appe_appends(cluster):
         upload(ftp, "/appe-new.bin", second, "active", cmd="APPE")
         assert download(ftp, "/appe-new.bin", "pret") == second
     assert_on_one_slave(cluster, name, hashlib.sha256(first + second).hexdigest())
+
+
+@pytest.mark.parametrize("mode", ["active", "pret"])
+def test_a_failed_overwrite_leaves_the_old_file(cluster, mode):
+    original = os.urandom(500_000)
+    name = f"/overwrite-reset-{mode}.bin"
+    with cluster.ftp() as ftp:
+        assert upload(ftp, name, original, "active").startswith("226")
+        # The overwrite's data connection is reset midway (RST, not a clean end of file).
+        conn = open_data(ftp, f"STOR {name}", mode)
+        try:
+            conn.sendall(os.urandom(200_000))
+            time.sleep(0.3)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            conn.close()
+        with pytest.raises(ftplib.Error):
+            ftp.voidresp()  # 426
+        assert ftp.size(name) == len(original)
+        assert download(ftp, name, "pret") == original
+    # Placed on the other slave, the overwrite's partial file there is deleted (queued op).
+    wait_for(lambda: len(cluster.holders(name)) == 1, 10, "the partial copy deleted")
+    assert_on_one_slave(cluster, name, hashlib.sha256(original).hexdigest())
 
 
 def test_rename_and_delete_a_directory_tree(cluster):
