@@ -6,12 +6,15 @@ A bad file stops the program with one line: the file, the key and what was expec
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
+
+from common.passwords import hash_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,6 +121,9 @@ class MasterSection(_Section):
     stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 30
     """Seconds SIGTERM waits for running transfers (no new connections meanwhile); a second
     SIGTERM stops at once."""
+    max_relays: Positive = 64
+    """Relayed transfers (PASV/EPSV without PRET: one copying thread each) at once; beyond
+    it the transfer command gets 425 and the client is told to use PRET."""
 
 
 class PlacementWeights(_Section):
@@ -239,12 +245,24 @@ def loads(text: str, kind: type[C], source: str = "<config>") -> C:
     return config
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> None:
     """Cross-field rules that types alone cannot express."""
     if isinstance(config, SlaveConfig):
         ports = config.slave.passive_ports
         if ports is not None and ports[0] > ports[1]:
             raise ConfigError(f"{source}: key slave.passive_ports: first port is above the last")
+        # 227 replies and the master's relay need a numeric address: never a name to resolve.
+        key = "data_host" if config.slave.data_host else "data_bind"
+        if not _is_ip(getattr(config.slave, key)):
+            raise ConfigError(f"{source}: key slave.{key}: must be an IP address, not a host name")
     if isinstance(config, MasterConfig):
         ports = config.master.passive_ports
         if ports is not None and ports[0] > ports[1]:
@@ -263,6 +281,10 @@ def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> No
                 raise ConfigError(
                     f"{source}: key users[{index}].password_hash: expected a hash from "
                     "`ftpcluster hash-password`, not a plain-text password")
+            problem = hash_problem(user.password_hash)
+            if problem:
+                raise ConfigError(f"{source}: key users[{index}].password_hash: not a usable "
+                                  f"scrypt hash ({problem}); make one with `ftpcluster hash-password`")
             if not user.home.startswith("/"):
                 raise ConfigError(f"{source}: key users[{index}].home: must be an absolute virtual path")
             bad = set(user.perms) - set("elradfmwMTS")

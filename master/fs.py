@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 DIR_MODE = stat_mod.S_IFDIR | 0o755
 FILE_MODE = stat_mod.S_IFREG | 0o644
 DEFAULT_GROUP = "ftpcluster"
-LISTING_CACHE_S = 2.0
-"""How long entries read by listdir() serve the stat() calls of the listing that follows."""
 
 SlaveCommands = list[QueuedOp]
 """What the slaves must do after a metadata change, already queued durably in the same
@@ -85,7 +83,9 @@ class VirtualFilesystem(AbstractedFS):
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._cache: dict[str, Entry] = {}
-        self._cache_at = 0.0
+        """Entries of the listing being produced, for its own stat() calls only."""
+        self._listings = 0
+        """Listings (LIST/MLSD/STAT of a directory) being iterated right now."""
         home = virtual_norm(root or "/")
         if home != "/" and self.isdir(home):
             self._cwd = home
@@ -110,7 +110,7 @@ class VirtualFilesystem(AbstractedFS):
     def _entry(self, path: str, cached: bool = False) -> Entry:
         if has_nul(path):
             raise _oserror(errno.EINVAL, path)
-        if cached and time.monotonic() - self._cache_at < LISTING_CACHE_S:
+        if cached and self._listings:
             hit = self._cache.get(path)
             if hit is not None:
                 return hit
@@ -176,11 +176,20 @@ class VirtualFilesystem(AbstractedFS):
 
     def _remember(self, entry: Entry) -> None:
         """Keep `entry` for the stat() that format_list/format_mlsx make right after reading
-        its name (bounded: at most two VFS batches are kept)."""
+        its name (bounded: at most two VFS batches are kept). Only while a listing is being
+        iterated: MLST or STAT afterwards always read the VFS (another session may have
+        changed the entry)."""
         if len(self._cache) >= 2 * LISTDIR_BATCH:
             self._cache.clear()
         self._cache[entry.path] = entry
-        self._cache_at = time.monotonic()
+
+    def _listing_started(self) -> None:
+        self._listings += 1
+
+    def _listing_ended(self) -> None:
+        self._listings = max(0, self._listings - 1)
+        if not self._listings:
+            self._cache.clear()
 
     def _id(self, name: str) -> int:
         ident = self._ids.get(name)
@@ -301,9 +310,14 @@ class Listing:
         """Already sorted by name (the VFS order)."""
 
     def __iter__(self) -> Iterator[str]:
-        for entry in self._entries:
-            self._fs._remember(entry)
-            yield entry.name
+        fs = self._fs
+        fs._listing_started()
+        try:
+            for entry in self._entries:
+                fs._remember(entry)
+                yield entry.name
+        finally:  # exhausted, or closed (transfer aborted, producer dropped)
+            fs._listing_ended()
 
     def entries(self) -> Iterator[Entry]:
         return self._entries

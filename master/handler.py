@@ -13,10 +13,12 @@ import collections
 import functools
 import logging
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Commands that must act even while an earlier command's reply is still owed (RFC 959 4.1.3).
 _UNQUEUED = frozenset({"ABOR", "QUIT", "STAT"})
+MAX_QUEUED_COMMANDS = 64
+"""Pipelined commands waiting behind an owed reply; one more and the session is closed (421)."""
+METADATA_FAILED = "451 Requested action aborted: local error: metadata store failed."
 
 
 @dataclass
@@ -145,6 +150,14 @@ class ClusterFTPHandler(FTPHandler):
             return
         if (self._deferred or self._queued) and cmd[-4:] not in _UNQUEUED:
             # A reply is still owed: answer this one after it, in order (pipelining).
+            if len(self._queued) >= MAX_QUEUED_COMMANDS:
+                log.warning("%s: more than %d commands pipelined: closing", self.remote_ip,
+                            MAX_QUEUED_COMMANDS)
+                self._queued.clear()
+                self.respond(f"421 Too many pipelined commands (over {MAX_QUEUED_COMMANDS}); "
+                             "closing control connection.")
+                self.close_when_done()
+                return
             self._queued.append((line, cmd, arg))
             return
         super().pre_process_command(line, cmd, arg)
@@ -162,6 +175,51 @@ class ClusterFTPHandler(FTPHandler):
         while self._queued and not self._deferred and not self._closed:
             line, cmd, arg = self._queued.popleft()
             super().pre_process_command(line, cmd, arg)
+
+    def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().process_command(cmd, *args, **kwargs)
+        except sqlite3.Error:
+            # The metadata store failed (disk full, I/O error, locked): say so, keep the session.
+            log.exception("metadata store failed during %s", cmd)
+            self.respond(METADATA_FAILED)
+            self.log_cmd(cmd, args[0] if args else "", 451, "metadata store failed")
+
+    # ------------------------------------------------------------ login (scrypt off the loop)
+    def ftp_PASS(self, line: str) -> None:
+        """Stock PASS, but the scrypt check runs on the authorizer's worker pool: the reply
+        is deferred (later commands queue behind it) and comes back through the Waker."""
+        check = getattr(self.authorizer, "check_password", None)
+        if self.authenticated or not self.username or check is None:
+            super().ftp_PASS(line)
+            return
+        username = self.username
+        post = self.cluster.waker.post
+        self.begin_deferred()
+        check(username, line, lambda err: post(self._password_checked, username, line, err))
+
+    def _password_checked(self, username: str, password: str, err: Exception | None) -> None:
+        if self._closed or self.username != username or self.authenticated:
+            return
+        if err is None:
+            try:
+                home = self.authorizer.get_home_dir(username)
+                msg_login = self.authorizer.get_msg_login(username)
+            except KeyError:  # the user was removed (SIGHUP) while the check ran
+                err = AuthenticationFailed("Authentication failed.")
+        if err is not None:
+            # pyftpdlib's delay (auth_failed_timeout) and max_login_attempts; the deferral
+            # ends in on_login_failed, once the 530 is out.
+            self.handle_auth_failed(str(err), password)
+            return
+        self.handle_auth_success(home, password, msg_login)
+        self.end_deferred()
+
+    def on_login_failed(self, username: str, password: str) -> None:
+        super().on_login_failed(username, password)
+        if self.attempted_logins >= self.max_login_attempts:
+            self._queued.clear()  # disconnecting: nothing more is answered
+        self.end_deferred()
 
     # ------------------------------------------------------------ transfer plumbing
     def attach_transfer(self, proxy: RemoteTransfer) -> None:
@@ -279,6 +337,14 @@ class ClusterFTPHandler(FTPHandler):
     def ftp_DELE(self, path: str) -> None:
         self._change_metadata(self.fs.remove, (path,), "250 File removed.")
 
+    def ftp_MKD(self, path: str) -> Any:
+        try:
+            return super().ftp_MKD(path)
+        except sqlite3.Error:
+            log.exception("metadata store failed: MKD %s not done", path)
+            self.respond(METADATA_FAILED)
+            return None
+
     def ftp_RMD(self, path: str) -> None:
         if path == "/":
             self.respond("550 Can't remove root directory.")
@@ -300,6 +366,10 @@ class ClusterFTPHandler(FTPHandler):
             commands = change(*args)
         except (OSError, FilesystemError) as err:
             self.respond(f"550 {strerror(err)}.")
+            return
+        except sqlite3.Error:
+            log.exception("metadata store failed: %s%r not done", change.__name__, args)
+            self.respond(METADATA_FAILED)
             return
         if not commands:
             self.respond(ok_reply)
@@ -348,13 +418,14 @@ class ClusterFTPHandler(FTPHandler):
         site.site_who(self)
 
 
-def build_handler(config: MasterConfig, cluster: Cluster) -> type[ClusterFTPHandler]:
+def build_handler(config: MasterConfig, cluster: Cluster,
+                  authorizer: ClusterAuthorizer | None = None) -> type[ClusterFTPHandler]:
     """A handler class configured once from `config`; never mutated afterwards."""
     section = config.master
     ports = section.passive_ports
     attrs: dict[str, Any] = dict(
         cluster=cluster,
-        authorizer=ClusterAuthorizer(list(config.users)),
+        authorizer=authorizer if authorizer is not None else ClusterAuthorizer(list(config.users)),
         banner=section.banner,
         timeout=section.idle_timeout,
         passive_ports=list(range(ports[0], ports[1] + 1)) if ports else None,

@@ -137,6 +137,16 @@ class Placement:
     def policy(self, direction: Direction) -> DirectionPolicy:
         return getattr(self.config, direction)
 
+    def rule_exclusion(self, direction: Direction, path: str, slave: str) -> str:
+        """Why the path rules keep `slave` from serving `path` in `direction`, or "" (the
+        rules only: for a slave picked earlier, e.g. by PRET for another path)."""
+        for rule in _matching_rules(self.policy(direction), path):
+            if slave in rule.forbid:
+                return f"forbidden by rule {rule.glob}"
+            if rule.allow and slave not in rule.allow:
+                return f"rule {rule.glob} allows only {','.join(rule.allow)}"
+        return ""
+
     def evaluate(self, direction: Direction, path: str, slaves: list[SlaveLoad],
                  size_hint: int = 0, prefer: frozenset[str] = frozenset()) -> Selection:
         """Scores and exclusions for every slave in `slaves`, and the one that would be

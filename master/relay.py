@@ -100,6 +100,9 @@ class RelayCounter:
         self._lock = threading.Lock()
         self._total = 0
         self.active = 0
+        self.open = 0
+        """Relays created and not finished (each may own a copying thread): capped by
+        the master's max_relays (loop thread only)."""
 
     def add(self, n: int) -> None:
         with self._lock:
@@ -111,11 +114,26 @@ class RelayCounter:
             return self._total
 
 
-def local_address_toward(host: str) -> str:
-    """The master's source address for connections to `host` (no packet is sent)."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+def numeric_address(host: str) -> str | None:
+    """`host` as a canonical IP literal, or None if it is not one (never a DNS query).
+    Slaves must announce an IP address as data_host (common.config checks it)."""
     try:
-        probe.connect((host, 9))
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
+def local_address_toward(host: str) -> str:
+    """The master's source address for connections to IP `host`: a UDP connect, which sends
+    no packet and, on a numeric address, does no DNS lookup (a name gives "127.0.0.1")."""
+    ip = numeric_address(host)
+    if ip is None:
+        return "127.0.0.1"
+    probe = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((ip, 9))
         return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1"
@@ -143,6 +161,7 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._aborted = False
         self._result: tuple[bool, str] | None = None
+        self._holds_slot = False
 
     @classmethod
     def for_session(cls, h: ClusterFTPHandler, slave: str, upload: bool) -> Relay:
@@ -150,6 +169,8 @@ class Relay:
         source_ip = local_address_toward(info.data_host if info is not None else "127.0.0.1")
         relay = cls(h.cluster.waker, h.cluster.relayed, upload, source_ip,
                     float(h.cluster.data_timeout))
+        relay._holds_slot = True
+        relay.counter.open += 1
         if h.parked_socket is not None:
             sock, h.parked_socket = h.parked_socket, None
             relay.set_client(sock)
@@ -194,10 +215,17 @@ class Relay:
         if self._thread is None and self._client is not None:
             _close(self._client)
             self._client = None
+        if self._thread is None:
+            self._release_slot()  # no copy thread will ever start
+
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.counter.open -= 1
 
     def _maybe_run(self) -> None:
         if (self._thread is not None or self._client is None or self._on_finished is None
-                or self._result is not None or self._slave_addr is None):
+                or self._result is not None or self._slave_addr is None or self._aborted):
             return
         self.counter.active += 1
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
@@ -207,6 +235,7 @@ class Relay:
         if self._result is not None:
             return
         self._result = (ok, error)
+        self._release_slot()
         if self._thread is not None:
             self.counter.active -= 1
         if self._on_finished is not None:

@@ -31,7 +31,7 @@ from master.handler import Cluster, build_handler
 from master.link import BrokerLink
 from master.placement import Placement
 from master.relay import RelayCounter, Waker
-from master.users import verify_password
+from master.users import ClusterAuthorizer, verify_password
 from master.vfs import VirtualFS
 
 log = logging.getLogger("master")
@@ -70,6 +70,11 @@ def run(config_path: str) -> int:
         print(refusal, file=sys.stderr)
         return 2
 
+    try:
+        # Users first: a bad entry stops the master with one line before any file is created.
+        authorizer = ClusterAuthorizer(list(config.users))
+    except ValueError as exc:
+        raise ConfigError(f"{config_path}: users: {exc}") from None
     state_dir = Path(section.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     vfs = VirtualFS(str(state_dir / "vfs.sqlite3"))
@@ -79,13 +84,14 @@ def run(config_path: str) -> int:
     waker = Waker(ioloop)
     cluster = Cluster(config=section, vfs=vfs, registry=registry, link=link, ioloop=ioloop,
                       waker=waker, relayed=RelayCounter(), placement=Placement(config.placement))
-    handler = build_handler(config, cluster)
+    handler = build_handler(config, cluster, authorizer)
     try:
         server = FTPServer((section.listen_host, section.listen_port), handler, ioloop=ioloop)
     except OSError as exc:
         print(f"ftpcluster master: cannot listen on {section.listen_host}:{section.listen_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         waker.close()
+        authorizer.close()
         vfs.close()
         return 2
     link.start()
@@ -160,6 +166,7 @@ def run(config_path: str) -> int:
         link.close()
         waker.close()
         server.close_all()
+        authorizer.close()
         vfs.close()
     log.info("master stopped%s", f" (signal {stopping[0]})" if stopping else "")
     return 0

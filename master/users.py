@@ -7,7 +7,8 @@ The authorizer never looks at the master's disk: homes and the paths pyftpdlib a
 (the result of our AbstractedFS.ftp2fs) are virtual paths. Permission letters are
 pyftpdlib's "elradfmwMT" plus our own "S" (SITE admin commands).
 
-Cost: one scrypt check takes about 40 ms of CPU, run on the master's single IOLoop thread.
+Cost: one scrypt check takes about 40 ms of CPU; the master runs it on a small worker pool
+(`check_password`), never on its IOLoop thread.
 A successful login is remembered as an HMAC of the password under a per-process random key,
 so a user logging in again with the same password is checked in microseconds; a wrong
 password always pays the full scrypt cost.
@@ -16,67 +17,30 @@ password always pays the full scrypt cost.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
+import logging
 import os
 import posixpath
-from typing import Any
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.exceptions import AuthenticationFailed
 
 from common.config import UserEntry
+from common.passwords import (KEY_BYTES, SALT_BYTES, SCRYPT_N, SCRYPT_P, SCRYPT_R,  # noqa: F401
+                              hash_password, parse_hash, verify_password)
 
-SCRYPT_N = 2 ** 14
-SCRYPT_R = 8
-SCRYPT_P = 1
-SALT_BYTES = 16
-KEY_BYTES = 32
+log = logging.getLogger(__name__)
+
 PERM_LETTERS = "elradfmwMTS"
 ADMIN_PERM = "S"
-_MAX_N = 2 ** 20
-"""Largest scrypt N accepted from a config (1 GiB of memory at r=8)."""
+VERIFY_THREADS = 2
+"""Worker threads for scrypt checks (hashlib.scrypt releases the GIL): the IOLoop never runs one."""
 
-
-def hash_password(password: str) -> str:
-    """`scrypt$16384$8$1$<salt b64>$<hash b64>` with a fresh random 16-byte salt."""
-    salt = os.urandom(SALT_BYTES)
-    key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                         dklen=KEY_BYTES)
-    return "$".join(("scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P),
-                     base64.b64encode(salt).decode("ascii"), base64.b64encode(key).decode("ascii")))
-
-
-def _parse(encoded: str) -> tuple[int, int, int, bytes, bytes] | None:
-    """(n, r, p, salt, key) of a well-formed hash with sane parameters, else None."""
-    parts = encoded.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt":
-        return None
-    try:
-        n, r, p = (int(x, 10) for x in parts[1:4])
-        salt = base64.b64decode(parts[4], validate=True)
-        key = base64.b64decode(parts[5], validate=True)
-    except (ValueError, binascii.Error):
-        return None
-    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
-            and 128 * n * r <= 128 * _MAX_N * 8 and salt and 16 <= len(key) <= 64):
-        return None
-    return n, r, p, salt, key
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Constant-time check; False (never an exception) for a malformed hash."""
-    parsed = _parse(encoded)
-    if parsed is None:
-        return False
-    n, r, p, salt, key = parsed
-    try:
-        candidate = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r,
-                                   p=p, dklen=len(key), maxmem=2 * 128 * n * r * p + (1 << 20))
-    except (ValueError, MemoryError, UnicodeEncodeError):
-        return False
-    return hmac.compare_digest(candidate, key)
+_parse = parse_hash  # the old private name
 
 
 def _virtual(path: str) -> str:
@@ -99,6 +63,8 @@ class ClusterAuthorizer(DummyAuthorizer):
         super().__init__()
         self._login_key = os.urandom(32)
         self._remembered: dict[str, bytes] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         for user in users:
             self.add_user(user.name, user.password_hash, user.home, user.perms)
 
@@ -150,7 +116,8 @@ class ClusterAuthorizer(DummyAuthorizer):
         An unknown user costs a full scrypt check too, so timing does not reveal which
         names exist.
         """
-        user = self.user_table.get(username)
+        table = self.user_table
+        user = table.get(username)
         if user is None:
             verify_password(password, _DUMMY_HASH)
             raise AuthenticationFailed("Authentication failed.")
@@ -160,7 +127,46 @@ class ClusterAuthorizer(DummyAuthorizer):
             return
         if not verify_password(password, user["pwd"]):
             raise AuthenticationFailed("Authentication failed.")
-        self._remembered[username] = fingerprint
+        if self.user_table is table:  # not replaced (SIGHUP) while this ran on a worker
+            self._remembered[username] = fingerprint
+
+    def check_password(self, username: str, password: str,
+                       done: Callable[[AuthenticationFailed | None], None]) -> None:
+        """validate_authentication on a worker thread: `done(None)` on success, else
+        `done(AuthenticationFailed)`, called on the worker thread (the caller posts it back to
+        its loop). A remembered login is answered at once, on the caller's thread."""
+        user = self.user_table.get(username)
+        if user is not None:
+            remembered = self._remembered.get(username)
+            if remembered is not None and hmac.compare_digest(
+                    remembered, self._fingerprint(username, password)):
+                done(None)
+                return
+
+        def work() -> None:
+            try:
+                self.validate_authentication(username, password, None)
+            except AuthenticationFailed as err:
+                done(err)
+            except Exception:
+                log.exception("password check for %r failed", username)
+                done(AuthenticationFailed("Authentication failed."))
+            else:
+                done(None)
+
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=VERIFY_THREADS,
+                                                thread_name_prefix="pwcheck")
+            pool = self._pool
+        pool.submit(work)
+
+    def close(self) -> None:
+        """Stop the worker pool (checks already queued still run)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     # -- questions pyftpdlib and the SITE commands ask
     def get_home_dir(self, username: str) -> str:

@@ -372,7 +372,9 @@ class VirtualFS(MergeMixin, OpQueueMixin):
         return slaves
 
     def rename(self, src: str, dst: str) -> set[str]:
-        """Rename a file or a whole directory tree; returns the slaves holding anything under src.
+        """Rename a file or a whole directory tree; returns the slaves holding the file `src`
+        (an empty set for a directory: the caller targets every slave, so the subtree is never
+        scanned).
 
         Raises ENOENT (src or dst's parent missing), EEXIST (dst exists), EINVAL (dst inside src
         or src is "/"). Also ENOTDIR when dst's parent is a file. One row changes whatever the
@@ -391,7 +393,7 @@ class VirtualFS(MergeMixin, OpQueueMixin):
             parent_id = self._dir_id(parent)
             if self._child(parent_id, name) is not None:
                 raise vfs_error(errno.EEXIST, dst)
-            slaves = self.slaves_under(src)
+            slaves = set() if row[1] else self._holders(row[0])
             db.execute("UPDATE entries SET parent = ?, name = ? WHERE id = ?", (parent_id, name, row[0]))
             if row[1]:
                 self._move_summaries(src, dst)

@@ -10,7 +10,7 @@ from common import config
 from common.config import BrokerConfig, ConfigError, MasterConfig, SlaveConfig
 
 REPO = Path(__file__).resolve().parents[3]
-HASH = "scrypt$16384$8$1$c2FsdA$aGFzaA"
+HASH = "scrypt$16384$8$1$c2FsdC1zYWx0LXNhbHQtIQ==$aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg="
 GOOD_USER = f'[[users]]\nname = "demo"\npassword_hash = "{HASH}"\n'
 
 
@@ -116,3 +116,64 @@ def test_defaults_are_valid():
 def test_example_configs_in_conf_load(name, kind):
     loaded = config.load(REPO / "conf" / name, kind)
     assert isinstance(loaded, kind)
+
+
+# ---------------------------------------------------------------- password hashes, relays, data_host
+
+SALT_B64 = "c2FsdC1zYWx0LXNhbHQtIQ=="
+KEY_B64 = "aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg="
+
+
+@pytest.mark.parametrize(("params", "what"), [
+    ("1000$8$1", "power of 2"),          # N not a power of two: used to stop the master with a traceback
+    (f"{2 ** 17}$8$1", "power of 2"),   # N above 2^16
+    ("16384$17$1", "r=17"),             # r above 16
+    ("16384$8$0", "p=0"),
+])
+def test_unusable_password_hash_is_a_config_error(tmp_path, params, what):
+    text = f'[[users]]\nname = "demo"\npassword_hash = "scrypt${params}${SALT_B64}${KEY_B64}"\n'
+    message = error_for(tmp_path, text, MasterConfig)
+    assert "key users[0].password_hash:" in message and what in message, message
+
+
+def test_short_key_hash_is_a_config_error(tmp_path):
+    text = f'[[users]]\nname = "demo"\npassword_hash = "scrypt$16384$8$1${SALT_B64}$aGFzaA=="\n'
+    assert "key users[0].password_hash:" in error_for(tmp_path, text, MasterConfig)
+
+
+def test_largest_accepted_scrypt_parameters(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text(f'[[users]]\nname = "demo"\npassword_hash = "scrypt$65536$16$1${SALT_B64}${KEY_B64}"\n')
+    assert config.load(path, MasterConfig).users[0].name == "demo"
+
+
+def test_master_refuses_a_bad_hash_before_creating_its_database(tmp_path):
+    from master import service
+    state = tmp_path / "state"
+    path = tmp_path / "m.toml"
+    path.write_text(f'[master]\nstate_dir = "{state}"\n[[users]]\nname = "demo"\n'
+                    f'password_hash = "scrypt$1000$8$1${SALT_B64}${KEY_B64}"\n')
+    with pytest.raises(ConfigError):
+        service.run(str(path))
+    assert not (state / "vfs.sqlite3").exists()
+
+
+def test_max_relays(tmp_path):
+    assert MasterConfig().master.max_relays == 64
+    message = error_for(tmp_path, "[master]\nmax_relays = 0\n", MasterConfig)
+    assert "key master.max_relays:" in message
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('data_bind = "localhost"\n', "slave.data_bind"),
+    ('data_host = "slave1.example.com"\n', "slave.data_host"),
+])
+def test_slave_data_address_must_be_an_ip(tmp_path, text, key):
+    message = error_for(tmp_path, '[slave]\nname = "s1"\nroot = "/x"\n' + text, SlaveConfig)
+    assert f"key {key}:" in message and "IP address" in message
+
+
+def test_slave_data_host_ip_literal_is_fine(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[slave]\nname = "s1"\nroot = "/x"\ndata_bind = "0.0.0.0"\ndata_host = "::1"\n')
+    assert config.load(path, SlaveConfig).slave.data_host == "::1"

@@ -9,7 +9,7 @@ import pytest
 from common import config, launcher
 from common.launcher import BrokerPorts, ClusterPlan, User
 
-FAKE_HASH = "scrypt$16384$8$1$c2FsdA$aGFzaA"
+FAKE_HASH = "scrypt$16384$8$1$c2FsdC1zYWx0LXNhbHQtIQ==$aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg="
 
 
 def plan(tmp: Path, slaves: int = 3, **kw) -> ClusterPlan:

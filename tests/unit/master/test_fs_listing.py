@@ -65,3 +65,27 @@ def test_list_lines_match_pyftpdlib(fs: VirtualFilesystem) -> None:
     names = [line.decode().rstrip("\r\n").split(" ")[-1] for line in mine]
     assert mine == list(AbstractedFS.format_list(fs, "/big", names))
     assert mine[-1].startswith(b"-rw-r--r--   1 bob      staff    123456789 ")
+
+
+def test_listing_cache_ends_with_the_listing(fs: VirtualFilesystem) -> None:
+    """MLST/STAT after a listing read the VFS: another session may have changed the entry."""
+    names = iter(fs.listdir("/big"))
+    assert next(names) == "e00000"
+    assert fs.stat("/big/e00000").st_size == 0  # served from the listing's batch
+    for _ in names:
+        pass
+    assert fs._cache == {}
+    # Another session replaces the file right after the listing ended.
+    fs.vfs.record_upload("/big/e00001", "s1", 4242, None, time.time(), "bob", "staff")
+    assert fs.stat("/big/e00001").st_size == 4242
+
+
+def test_listing_cache_dropped_when_listing_is_abandoned(fs: VirtualFilesystem) -> None:
+    names = iter(fs.listdir("/big"))
+    next(names)
+    next(names)
+    assert fs._cache
+    names.close()  # an aborted LIST/MLSD: the producer and its generator are dropped
+    assert fs._cache == {}
+    fs.vfs.record_upload("/big/e00000", "s1", 77, None, time.time(), "bob", "staff")
+    assert fs.stat("/big/e00000").st_size == 77
