@@ -127,7 +127,10 @@ class BrokerLink:
         self._own_ctx = ctx is None
         self._dealer: _ZmqReader | None = None
         self._sub: _ZmqReader | None = None
-        self._next_id = 0
+        self._next_id = time.time_ns() >> 10
+        """req_id/xfer_id/scan ids go on from the wall clock in ~1 us steps: a restarted
+        master never reuses an id a slave still keeps state under (scans, unacked
+        TransferDones, running transfers). Fits int64 for centuries."""
         self._pending: dict[int, _Pending] = {}
         self._watchers: dict[int, tuple[str, TransferWatcher]] = {}
         self.syncer = SlaveSync(self, vfs, registry)
@@ -294,9 +297,22 @@ class BrokerLink:
 
     def _on_from_slave(self, wrapped: m.FromSlave) -> None:
         msg = wrapped.msg
+        if isinstance(msg, m.TransferProgress):
+            entry = self._watchers.get(msg.xfer_id)
+            if entry is not None and entry[0] == wrapped.slave:
+                on_progress = getattr(entry[1], "on_progress", None)
+                if on_progress is not None:
+                    self._safe_call(on_progress, msg.bytes)
+            return
         if isinstance(msg, m.TransferDone):
-            entry = self._watchers.pop(msg.xfer_id, None)
-            if entry is not None:
+            entry = self._watchers.get(msg.xfer_id)
+            if entry is not None and entry[0] != wrapped.slave:
+                # Not the slave this transfer went to (an id from an earlier master process):
+                # the real outcome is still to come from its own slave.
+                log.warning("TransferDone for transfer %s from %s, but it runs on %s: ignored",
+                            msg.xfer_id, wrapped.slave, entry[0])
+            elif entry is not None:
+                del self._watchers[msg.xfer_id]
                 self._safe_call(entry[1].on_done, msg)
             else:
                 log.info("TransferDone for unknown transfer %s from %s", msg.xfer_id, wrapped.slave)

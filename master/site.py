@@ -86,8 +86,8 @@ class SessionView:
 
 def who_lines(sessions: Iterable[SessionView]) -> list[str]:
     """` <user> <ip:port> connected=<s>s` and, when transferring,
-    ` <CMD> <path> on <slave> <bytes> bytes in <s>s` (bytes are counted only when the master
-    relays them; a slave-to-client transfer shows 0 until it ends)."""
+    ` <CMD> <path> on <slave> <bytes> bytes in <s>s` (bytes: the relay's count, or what the
+    slave last reported in its TransferProgress, about once a second)."""
     lines = []
     for s in sorted(sessions, key=lambda s: (s.user, s.remote)):
         line = f" {s.user or '(not logged in)'} {s.remote} connected={s.connected_s:.0f}s"

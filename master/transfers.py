@@ -189,13 +189,25 @@ class Transfer:
         """Upload size announced by ALLO, reserved on the slave for placement."""
         self._relay_result: tuple[bool, str] | None = None
         self._replied = False
+        self._reported = 0
+        """Bytes the slave last reported moving (TransferProgress)."""
 
     @property
     def is_upload(self) -> bool:
         return self.kind in UPLOADS
 
     def progress(self) -> int:
-        return self.relay.bytes if self.relay is not None else 0
+        """Bytes moved so far: the relay's count, else the slave's TransferProgress (about
+        once a second), the final count once TransferDone arrived."""
+        if self.relay is not None:
+            return self.relay.bytes
+        if self._done is not None:
+            return self._done.bytes
+        return self._reported
+
+    def on_progress(self, moved: int) -> None:
+        """The link: TransferProgress from this transfer's slave."""
+        self._reported = max(self._reported, moved)
 
     # -- start
     def start(self, connect_to: tuple[str, int] | None) -> None:

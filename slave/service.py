@@ -45,6 +45,8 @@ HELLO_RETRY_S = 2.0
 HELLO_RETRY_UNSENT_S = 0.25
 """...or this often while it cannot even be queued (no connection to the broker)."""
 RESEND_DONE_S = 3.0
+PROGRESS_S = 1.0
+"""A running transfer's byte count goes to the master this often (when it changed)."""
 MAX_OPEN_SCANS = 4
 MAX_PAGE_ENTRIES = 5000
 MAX_PAGE_BYTES = 2 * 1024 * 1024
@@ -98,8 +100,11 @@ class SlaveService:
         # timers
         self.resend_due = now + RESEND_DONE_S
         self.stats_due = now
+        self.progress_due = now + PROGRESS_S
+        self.progress_sent: dict[int, int] = {}
         self.unacked: dict[int, m.TransferDone] = {}
-        self.scans: OrderedDict[int, Iterator[m.InventoryEntry]] = OrderedDict()
+        self.scans: OrderedDict[int, tuple[str, Iterator[m.InventoryEntry]]] = OrderedDict()
+        """Open inventory scans: scan id -> (mode, the rest of the walk)."""
         self.stopping = False
         self.draining = False
         self.drain_deadline = 0.0
@@ -198,11 +203,27 @@ class SlaveService:
             self.resend_due = now + RESEND_DONE_S
             if self.welcomed:
                 self.resend_unacked()
+        if now >= self.progress_due:
+            self.progress_due = now + PROGRESS_S
+            if self.welcomed:
+                self.send_progress()
         if now >= self.stats_due:
             self.stats_due = now + self.cfg.stats_interval_ms / 1000
             self.publish_stats()
         for xfer_id in self.transfers.expire_listeners(now):
             log.info("xfer %d: passive listener expired unused", xfer_id)
+
+    def send_progress(self) -> None:
+        """TransferProgress for every running transfer whose byte count (kept by its worker)
+        moved since the last report: STAT and SITE WHO show direct transfers too."""
+        sent = self.progress_sent
+        for xfer_id in [x for x in sent if x not in self.transfers.transfers]:
+            del sent[xfer_id]
+        for xfer_id, transfer in list(self.transfers.transfers.items()):
+            moved = transfer.bytes
+            if moved and sent.get(xfer_id) != moved:
+                sent[xfer_id] = moved
+                self.send(m.TransferProgress(xfer_id=xfer_id, bytes=moved))
 
     def resend_unacked(self) -> None:
         for done in list(self.unacked.values()):
@@ -356,7 +377,13 @@ class SlaveService:
         self.jobs.submit(functools.partial(checksum_job, msg.req_id, str(real), max(msg.start, 0), msg.end))
 
     def on_inventory(self, msg: m.InventoryRequest) -> None:
-        walk = self.scans.pop(msg.scan, None)
+        walk = None
+        stored = self.scans.pop(msg.scan, None)
+        if stored is not None:
+            if stored[0] == msg.mode:
+                walk = stored[1]
+            else:  # the id of another scan (a restarted master): start afresh
+                log.info("inventory scan %d: mode %s, was %s; restarted", msg.scan, msg.mode, stored[0])
         if walk is None:
             if msg.mode == "summary":
                 walk = self.storage.summaries()
@@ -373,7 +400,7 @@ class SlaveService:
         for entry in walk:
             if len(entries) >= limit or budget < len(entry.path) + 64:
                 walk = itertools.chain([entry], walk)  # keep it for the next page
-                self.scans[msg.scan] = walk
+                self.scans[msg.scan] = (msg.mode, walk)
                 break
             entries.append(entry)
             budget -= len(entry.path.encode()) + 64

@@ -53,6 +53,8 @@ writing to disk overlap)."""
 CRC_HELPER_AFTER = 8 * 1024 * 1024
 """An upload past this size hands its CRC32 to a helper thread that reads the written bytes
 back from the page cache, so checksumming overlaps receiving instead of adding to it."""
+PROGRESS_WAIT_S = 0.5
+"""A send waits at most this long in one sendfile call, so its byte count stays fresh."""
 WORKER_IDLE_S = 60.0
 """A pooled worker thread with no transfer to run for this long exits."""
 
@@ -487,17 +489,26 @@ class TransferManager:
             conn = self._connect(t)
             out = conn.fileno()
             pos = t.start
+            # A short send timeout: a slow client's sendfile returns what it sent within
+            # PROGRESS_WAIT_S, so t.bytes (TransferProgress) moves about once a second; a
+            # stall is data_timeout seconds without a single byte.
+            limit = float(self.config.data_timeout)
+            dataconn.set_timeout(conn, min(limit, PROGRESS_WAIT_S))
+            last_progress = time.monotonic()
             while True:
                 try:
                     n = os.sendfile(out, t.fd, pos, SENDFILE_CHUNK)
                 except OSError as exc:
-                    if dataconn.stalled(exc):
+                    if not dataconn.stalled(exc):
+                        raise
+                    if t.aborted or time.monotonic() - last_progress >= limit:
                         raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
-                    raise
+                    continue
                 if n == 0:
                     break
                 pos += n
                 t.bytes += n
+                last_progress = time.monotonic()
             conn.shutdown(socket.SHUT_WR)
         except OSError as exc:
             error = exc

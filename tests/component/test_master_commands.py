@@ -482,6 +482,35 @@ def test_abort_during_transfer(master: Master, broker: FakeBroker) -> None:
     ftp.quit()
 
 
+def test_progress_of_a_direct_transfer_and_a_done_from_another_slave(
+        master: Master, broker: FakeBroker) -> None:
+    broker.responders[m.StartSend] = started
+    ftp = master.client()
+    wait_online(ftp)
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PORT 127,0,0,1,200,14")
+    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
+    _, cmd = broker.expect(m.StartSend)
+    # Ids go on from the wall clock: a restarted master does not reuse a slave's old ids.
+    assert cmd.xfer_id > (time.time_ns() >> 10) - 3600 * 10 ** 6
+    broker.from_slave("s1", m.TransferProgress(xfer_id=cmd.xfer_id, bytes=4))
+    deadline = time.monotonic() + 5
+    while "Total bytes sent: 4" not in (stat := ftp.sendcmd("STAT")):
+        assert time.monotonic() < deadline, stat
+        time.sleep(0.05)
+    assert " RETR /pub/a.bin on s1 4 bytes" in ftp.sendcmd("SITE WHO")
+    # A TransferDone for this id from a slave it was not sent to is acknowledged, not used.
+    broker.from_slave("s2", m.TransferDone(xfer_id=cmd.xfer_id, ok=False, bytes=1, size=1))
+    ack_slave, ack = broker.expect(m.DoneAck)
+    assert (ack_slave, ack.xfer_id) == ("s2", cmd.xfer_id)
+    assert "Total bytes sent: 4" in ftp.sendcmd("STAT")  # still running
+    broker.from_slave("s1", m.TransferDone(xfer_id=cmd.xfer_id, ok=True, bytes=10, size=10))
+    assert ftp.voidresp().startswith("226 Transfer complete: 10 bytes")
+    ack_slave, ack = broker.expect(m.DoneAck)
+    assert (ack_slave, ack.xfer_id) == ("s1", cmd.xfer_id)
+    ftp.quit()
+
+
 def test_relay_retr_without_pret(master: Master, broker: FakeBroker) -> None:
     payload = os.urandom(300_000)
     data_server = socket.socket()

@@ -10,6 +10,7 @@ import ftplib
 import hashlib
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -209,6 +210,35 @@ def test_a_failed_overwrite_leaves_the_old_file(cluster, mode):
     # Placed on the other slave, the overwrite's partial file there is deleted (queued op).
     wait_for(lambda: len(cluster.holders(name)) == 1, 10, "the partial copy deleted")
     assert_on_one_slave(cluster, name, hashlib.sha256(original).hexdigest())
+
+
+def test_stat_during_a_slow_direct_retr_counts_bytes(cluster):
+    data = os.urandom(16 * 1024 * 1024)
+    name = "/slow-retr.bin"
+    with cluster.ftp() as ftp, cluster.ftp() as admin:
+        upload(ftp, name, data, "pret")
+        got = 0
+        seen = ""
+        with open_data(ftp, f"RETR {name}", "active") as conn:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                chunk = conn.recv(65536)  # a slow reader: about 3 MB/s
+                assert chunk, "data connection closed early"
+                got += len(chunk)
+                time.sleep(0.02)
+                if got >= 2 * 1024 * 1024:
+                    seen = ftp.sendcmd("STAT")
+                    match = re.search(r"Total bytes sent: (\d+)", seen)
+                    if match and int(match.group(1)) > 0:
+                        break
+            else:
+                raise AssertionError(f"STAT never showed bytes sent: {seen!r}")
+            who = admin.sendcmd("SITE WHO")
+            assert re.search(rf"RETR {name} on \S+ [1-9]\d* bytes", who), who
+            while chunk := conn.recv(1 << 20):
+                got += len(chunk)
+        assert ftp.voidresp().startswith("226")
+        assert got == len(data)
 
 
 def test_rename_and_delete_a_directory_tree(cluster):

@@ -553,6 +553,38 @@ def test_inventory_pages_cover_every_file_once(link: tuple[FakeBroker, SlaveProc
     assert [e.path for e in page.entries] == [e.path for e in seen[:5]]
 
 
+def test_a_scan_id_reused_with_another_mode_starts_afresh(link: tuple[FakeBroker, SlaveProc]) -> None:
+    """A restarted master may send a scan id the slave still holds from an earlier scan
+    of another mode: the stored walk is discarded, not continued."""
+    broker, slave = link
+    for i in range(5):
+        (slave.root / f"f{i}").write_bytes(b"x")
+    page = broker.request(m.InventoryRequest, scan=70, limit=2, mode="walk")
+    assert isinstance(page, m.InventoryPage) and not page.last and len(page.entries) == 2
+    page = broker.request(m.InventoryRequest, scan=70, limit=64, mode="summary")
+    assert isinstance(page, m.InventoryPage) and page.last and page.entries == []
+    assert [s.path for s in page.summaries] == ["/"] and page.summaries[0].files == 5
+    # Same mode: the walk goes on where it stopped.
+    broker.request(m.InventoryRequest, scan=71, limit=2, mode="walk")
+    page = broker.request(m.InventoryRequest, scan=71, limit=10, mode="walk")
+    assert [e.path for e in page.entries] == ["/f2", "/f3", "/f4"] and page.last
+
+
+def test_progress_of_a_running_transfer(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    (slave.root / "big.bin").write_bytes(os.urandom(32 * 1024 * 1024))
+    xfer = broker.ids()
+    port = broker.listen(xfer)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/big.bin"), m.Started)
+        client.recv(1000)  # bytes flow, then the client stalls
+        progress = broker.expect(m.TransferProgress, lambda p: p.xfer_id == xfer, timeout=5)
+        assert 0 < progress.bytes < 32 * 1024 * 1024
+        broker.send(m.Abort(req_id=0, xfer_id=xfer))
+        broker.done(xfer, timeout=5)
+
+
 # ---------------------------------------------------------------- broker restarts, shutdown
 
 def test_hello_again_after_broker_restart(link: tuple[FakeBroker, SlaveProc]) -> None:
