@@ -440,7 +440,10 @@ def test_retr_missing_rest_and_offline(master: Master, broker: FakeBroker) -> No
     with pytest.raises(ftplib.error_perm, match="^554"):
         ftp.sendcmd("RETR /pub/a.bin")
     broker.push(m.SlaveDown(name="s1", incarnation="inc-s1", reason="test"))
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not any(line.startswith(" s1 offline ") for line in ftp.sendcmd("SITE SLAVES").splitlines()):
+        assert time.monotonic() < deadline, "s1 not shown offline after SlaveDown"
+        time.sleep(0.05)
     with pytest.raises(ftplib.error_temp, match="^450 file unavailable: its slave is offline"):
         ftp.sendcmd("RETR /pub/a.bin")
     ftp.quit()

@@ -623,7 +623,11 @@ def test_sigterm_aborts_sends_bye_and_exits_zero(link: tuple[FakeBroker, SlavePr
         assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/big.bin"), m.Started)
         client.recv(1000)
         slave.proc.send_signal(signal.SIGTERM)  # the first lets transfers finish (stop_timeout)...
-        time.sleep(0.2)
+        log_path = Path(slave.log.name)
+        deadline = time.monotonic() + 10  # handled (not merged with the second one)
+        while "stopping: refusing new transfers" not in log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the first SIGTERM was not handled"
+            time.sleep(0.02)
         slave.proc.send_signal(signal.SIGTERM)  # ...a second one aborts them at once
         done = broker.done(xfer, timeout=5, ack=False)
         assert done.aborted

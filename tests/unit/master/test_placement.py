@@ -110,14 +110,24 @@ def test_path_rule_forbid_and_prefer() -> None:
 # ------------------------------------------------------------------ scores
 
 def test_burst_of_50_uploads_within_one_stats_period_spreads_evenly() -> None:
-    """The registry counts every dispatched transfer until the next stats arrive."""
+    """The registry counts every dispatched transfer until the next stats arrive.
+
+    "a" has 20 % more free space than the others: 1/6 of a point above them (far beyond the
+    TIE_EPSILON of round-robin), so without the dispatched/recent-starts counters it would take
+    all 50 uploads. Each running upload costs 1.5 points (1 active + 1/2 recent start), which
+    outweighs the free-space lead after one upload: every slave gets one per round.
+    """
     reg = SlaveRegistry()
     for name in ("a", "b", "c", "d", "e"):
+        free = 60 * GB if name == "a" else 50 * GB
         reg.on_up(SlaveUp(name=name, incarnation="i", data_host="h", max_transfers=100,
-                          disk_total=100 * GB, disk_free=50 * GB), now=0.0)
+                          disk_total=100 * GB, disk_free=free), now=0.0)
         reg.mark_online(name)
-        reg.on_stats(stats(name, seq=1), now=0.0)
+        reg.on_stats(stats(name, seq=1, free=free), now=0.0)
     p = Placement()
+    first = p.evaluate("upload", "/burst/x", reg.loads(0.0))
+    assert first.chosen == "a"
+    assert first.scores()["a"] - first.scores()["b"] == pytest.approx(1 / 6)  # not a tie
     chosen = collections.Counter()
     for i in range(50):
         now = i / 50  # all within one second, no new stats
@@ -129,13 +139,20 @@ def test_burst_of_50_uploads_within_one_stats_period_spreads_evenly() -> None:
 
 
 def test_burst_of_short_uploads_spreads_too() -> None:
-    """Uploads that finish before the next one starts still rotate (recent starts, round-robin)."""
+    """Uploads that finish before the next one starts still rotate (recent starts, round-robin).
+
+    "a" has 20 % more free space (1/6 of a point, no tie): without counting the transfers
+    started since the last stats it would take all 30. Each start costs half a point.
+    """
     reg = SlaveRegistry()
     for name in ("a", "b", "c"):
+        free = GB * 6 // 5 if name == "a" else GB
         reg.on_up(SlaveUp(name=name, incarnation="i", data_host="h", max_transfers=10,
-                          disk_total=GB, disk_free=GB), now=0.0)
+                          disk_total=2 * GB, disk_free=free), now=0.0)
         reg.mark_online(name)
     p = Placement()
+    first = p.evaluate("upload", "/f", reg.loads(0.5))
+    assert first.chosen == "a" and first.scores()["a"] - first.scores()["b"] > 0.1
     chosen = collections.Counter()
     for i in range(30):
         slave = p.choose("upload", f"/f{i}", reg.loads(0.5)).chosen
