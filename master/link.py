@@ -28,6 +28,7 @@ from common import zmqsock
 from common.config import MasterSection
 from master.cluster import SlaveRegistry, SlaveState
 from master.opqueue import QueuedOp
+from master.relay import numeric_address
 from master.syncer import SlaveSync
 from master.vfs import VirtualFS
 
@@ -51,7 +52,8 @@ Callback = Callable[[Reply], None]
 class TransferWatcher(Protocol):
     """The owner of an xfer_id: told the outcome, or that its slave is gone."""
 
-    def on_done(self, msg: m.TransferDone) -> None: ...
+    def on_done(self, msg: m.TransferDone) -> bool | None:
+        """False: not recorded yet, send no DoneAck (the slave re-sends it)."""
 
     def on_lost(self, reason: str) -> None: ...
 
@@ -133,6 +135,9 @@ class BrokerLink:
         TransferDones, running transfers). Fits int64 for centuries."""
         self._pending: dict[int, _Pending] = {}
         self._watchers: dict[int, tuple[str, TransferWatcher]] = {}
+        self._grace: dict[int, float] = {}
+        """Started transfers kept through a broker loss: xfer_id -> when to give up on its
+        slave coming back (same incarnation) to report the outcome."""
         self.syncer = SlaveSync(self, vfs, registry)
         """Queued slave operations and inventory merges (master.syncer)."""
         self._hello_pending = True
@@ -200,6 +205,7 @@ class BrokerLink:
 
     def unwatch(self, xfer_id: int) -> None:
         self._watchers.pop(xfer_id, None)
+        self._grace.pop(xfer_id, None)
 
     @property
     def pending_count(self) -> int:
@@ -312,8 +318,16 @@ class BrokerLink:
                 log.warning("TransferDone for transfer %s from %s, but it runs on %s: ignored",
                             msg.xfer_id, wrapped.slave, entry[0])
             elif entry is not None:
-                del self._watchers[msg.xfer_id]
-                self._safe_call(entry[1].on_done, msg)
+                self._grace.pop(msg.xfer_id, None)
+                try:
+                    recorded = entry[1].on_done(msg) is not False
+                except Exception:
+                    log.exception("error in a broker-link callback")
+                    recorded = True
+                if not recorded:
+                    return  # not recorded (metadata store failed): no DoneAck, the slave re-sends
+                if self._watchers.get(msg.xfer_id) is entry:
+                    del self._watchers[msg.xfer_id]
             else:
                 log.info("TransferDone for unknown transfer %s from %s", msg.xfer_id, wrapped.slave)
             # Acknowledge even unknown ids, or the slave re-sends the outcome forever.
@@ -332,9 +346,17 @@ class BrokerLink:
         old_incarnation = known.incarnation if known is not None else None
         _info, start_merge = self.registry.on_up(msg, self.clock())
         log.info("slave %s up (incarnation %s)", msg.name, msg.incarnation[:8])
+        if numeric_address(msg.data_host) is None:
+            log.warning("slave %s announced data_host %r, not an IP address: clients and the "
+                        "relay need one (set data_host in its config)", msg.name, msg.data_host)
         if old_incarnation is not None and old_incarnation != msg.incarnation:
             # Whatever was in flight to the old process died with it.
             self._fail_slave(msg.name, "slave restarted")
+        else:
+            # The same process is back (broker restart): its transfers went on meanwhile and
+            # it re-sends their TransferDone; stop counting down.
+            for xfer_id in [x for x in self._grace if self._watchers.get(x, ("",))[0] == msg.name]:
+                del self._grace[xfer_id]
         if start_merge:
             self.syncer.start(msg.name, msg.incarnation)
         elif self.registry.is_online(msg.name):
@@ -355,6 +377,7 @@ class BrokerLink:
             self._safe_call(pending.callback, RequestFailed(reason))
         for xfer_id, (owner, watcher) in list(self._watchers.items()):
             if owner == slave:
+                self._grace.pop(xfer_id, None)
                 self._safe_call(watcher.on_lost, reason)
 
     def _broker_lost(self, reason: str) -> None:
@@ -367,8 +390,12 @@ class BrokerLink:
             pending = self._pending.pop(req_id, None)
             if pending is not None:
                 self._safe_call(pending.callback, RequestFailed(reason))
-        for _xfer_id, (_slave, watcher) in list(self._watchers.items()):
-            self._safe_call(watcher.on_lost, reason)
+        # Started transfers keep going slave-to-client without the broker: wait 2 x liveness
+        # for their slave to re-register with the same incarnation (it then re-sends the
+        # TransferDone); only those whose slave does not come back in time fail (_tick_once).
+        deadline = self.clock() + 2 * self.heartbeat_s * self.liveness
+        for xfer_id in list(self._watchers):
+            self._grace.setdefault(xfer_id, deadline)
 
     # ------------------------------------------------------------ queued operations, merges
     def send_op(self, op: QueuedOp, callback: Callback | None = None) -> None:
@@ -405,6 +432,12 @@ class BrokerLink:
             self._send(m.Heartbeat())
         if self.connected:
             self.syncer.tick(now)
+        for xfer_id in [x for x, deadline in self._grace.items() if deadline <= now]:
+            del self._grace[xfer_id]
+            entry = self._watchers.get(xfer_id)
+            if entry is not None:
+                log.warning("transfer %s: slave %s not back after the broker loss", xfer_id, entry[0])
+                self._safe_call(entry[1].on_lost, f"slave {entry[0]} unreachable (broker lost)")
         expired = [r for r, p in self._pending.items() if p.deadline <= now]
         for req_id in expired:
             pending = self._pending.pop(req_id, None)

@@ -15,6 +15,7 @@ import errno as errno_mod
 import logging
 import posixpath
 import secrets
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOADS = frozenset({"STOR", "APPE", "STOU"})
+METADATA_FAILED = "451 Requested action aborted: local error: metadata store failed."
 LATE_DONE_GRACE_S = 120.0
 """How long an upload whose slave became unreachable still waits for its TransferDone
 (the slave re-sends it once the broker is back), so the bytes are recorded."""
@@ -191,6 +193,8 @@ class Transfer:
         self._replied = False
         self._reported = 0
         """Bytes the slave last reported moving (TransferProgress)."""
+        self._unrecorded = False
+        """The upload's outcome is not recorded yet: the metadata store failed."""
 
     @property
     def is_upload(self) -> bool:
@@ -286,19 +290,33 @@ class Transfer:
         self._reply(text)
 
     # -- outcome
-    def on_done(self, msg: m.TransferDone) -> None:
+    def on_done(self, msg: m.TransferDone) -> bool:
+        """The slave's outcome. False while an upload could not be recorded (the metadata
+        store failed): the link sends no DoneAck, so the slave re-sends it and the record is
+        tried again (the client has had its 451 already)."""
         if self._done is not None:
-            return
+            if self._unrecorded and self.is_upload:
+                self._unrecorded = not self._record_upload(msg)
+                if not self._unrecorded:
+                    log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
+                return not self._unrecorded
+            return True
         self._done = msg
         self._finish_count()
         if self.is_upload:
-            self._record_upload(msg)
+            self._unrecorded = not self._record_upload(msg)
+            if self._unrecorded:  # stop waiting for re-sends after a while (then acked unknown)
+                self.cluster.ioloop.call_later(LATE_DONE_GRACE_S, self.cluster.link.unwatch,
+                                               self.xfer_id)
         if self.state is State.DONE:  # lost earlier: the late outcome was only worth recording
-            return
+            return not self._unrecorded
         self.state = State.DONE
         if self.relay is not None and self.relay.running and self.session is not None:
-            return  # the client has not seen every byte yet: reply when the relay ends
+            return not self._unrecorded  # the client has not seen every byte yet: reply when the relay ends
+        if self.relay is not None and not self.relay.running:
+            self.relay.abort()  # never started (or over): frees its max_relays slot
         self._reply_outcome()
+        return not self._unrecorded
 
     def _on_relay_finished(self, ok: bool, error: str) -> None:
         self._relay_result = (ok, error)
@@ -312,7 +330,9 @@ class Transfer:
         msg = self._done
         assert msg is not None
         relay_ok, relay_error = self._relay_result or (True, "")
-        if msg.ok and relay_ok:
+        if self._unrecorded:
+            text = METADATA_FAILED
+        elif msg.ok and relay_ok:
             text = done_reply(msg)
         elif msg.ok:
             text = f"426 Connection closed; transfer aborted: {relay_error}."
@@ -373,10 +393,11 @@ class Transfer:
             self._counted = False
             self.cluster.registry.transfer_finished(self.slave)
 
-    def _record_upload(self, msg: m.TransferDone) -> None:
+    def _record_upload(self, msg: m.TransferDone) -> bool:
+        """Record the upload's outcome; False if the metadata store failed (retry later)."""
         vfs = self.cluster.vfs
         if not msg.ok and (msg.bytes == 0 or msg.kept_old):
-            return  # the slave left the previous file (if any) untouched
+            return True  # the slave left the previous file (if any) untouched
         if not msg.ok and self.old_holders is not None:
             # A failed overwrite on a slave without the old file: the old entry stays, and the
             # partial file that slave kept under the name is not its content.
@@ -384,14 +405,14 @@ class Transfer:
                 try:
                     with vfs.transaction():
                         ops = vfs.enqueue([(self.slave, m.Delete(req_id=0, path=self.path))])
-                except OSError as exc:
+                except (OSError, sqlite3.Error) as exc:
                     log.warning("partial overwrite of %s on %s not queued for deletion (%s)",
                                 self.path, self.slave, exc)
                     ops = []
                     self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
                 for op in ops:
                     self.cluster.link.send_op(op)
-            return
+            return True
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:
             with vfs.transaction():  # the new record and the stale copies' Deletes, at once
@@ -405,9 +426,16 @@ class Transfer:
             if msg.ok:
                 self._done = m.TransferDone(xfer_id=msg.xfer_id, ok=False, bytes=msg.bytes, size=msg.size,
                                             error=exc.strerror or "cannot record", errno=0)
-            return
+            return True
+        except sqlite3.Error as exc:
+            # Transient (disk full, I/O error, locked): the file stays on the slave, which
+            # re-sends its TransferDone (no DoneAck) so the record is tried again.
+            log.error("upload of %s on %s not recorded: metadata store failed (%s)",
+                      self.path, self.slave, exc)
+            return False
         for op in stale_ops:
             self.cluster.link.send_op(op)
+        return True
 
 
 # ---------------------------------------------------------------- the commands
@@ -498,6 +526,11 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         elif must_hold and (entry is None or route.slave not in entry.slaves):
             slave, why = None, ("425 Can't open data connection: the PRET'd slave does not hold "
                                 "this file; send PRET with this command and path first.")
+        elif rule := h.cluster.placement.rule_exclusion(
+                "upload" if kind in UPLOADS else "download", path, route.slave):
+            # PRET placed the listener for another path: the path rules still apply to this one.
+            slave, why = None, (f"425 Can't open data connection: the PRET'd slave may not serve "
+                                f"this path ({rule}); send PRET with this command and path first.")
     else:
         slave, why = plan(h, kind, path, offset)
     if slave is None:
@@ -510,6 +543,11 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
             passive.release_route(h, route)
             h.respond("425 Passive mode without PRET is not supported here: send PRET "
                       f"{kind} <path> before PASV/EPSV, or use PORT/EPRT.")
+            return
+        if h.cluster.relayed.open >= h.cluster.config.max_relays:
+            passive.release_route(h, route)
+            h.respond("425 Can't open data connection: too many relayed transfers; use PRET "
+                      f"{kind} <path> before PASV/EPSV, or PORT/EPRT.")
             return
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
