@@ -166,6 +166,7 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
     servers taking turns run by run (loopback figures drift with the machine's other load
     and with where the scheduler puts sender and receiver)."""
     targets = [Target.of(server) for server in servers]
+    stor_only = {server.name for server in servers if getattr(server, "stor_only", False)}
     runs: dict[tuple[str, str, str], list[float]] = {}
     for t in targets:
         clients.curl_transfer(t, "active", "RETR", "big.bin")  # warm-up: page cache, sessions
@@ -173,8 +174,9 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
         settle()
         for t in targets:
             for mode in MODES:
-                runs.setdefault((t.name, mode, "RETR"), []).append(
-                    clients.curl_transfer(t, mode, "RETR", "big.bin")["Bps"])
+                if t.name not in stor_only:
+                    runs.setdefault((t.name, mode, "RETR"), []).append(
+                        clients.curl_transfer(t, mode, "RETR", "big.bin")["Bps"])
                 name = f"up/big-{mode}-{i}.bin"
                 runs.setdefault((t.name, mode, "STOR"), []).append(
                     clients.curl_transfer(t, mode, "STOR", name, big)["Bps"])
@@ -188,8 +190,9 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
     for t in targets:
         for mode in MODES:
             d = out[t.name][mode]
-            say(f"single stream {t.name} {mode}: RETR {d['RETR'] / MB:.0f} MB/s "
-                f"{[round(v / MB) for v in d['RETR_runs']]}, STOR {d['STOR'] / MB:.0f} MB/s "
+            retr = (f"RETR {d['RETR'] / MB:.0f} MB/s {[round(v / MB) for v in d['RETR_runs']]}, "
+                    if "RETR" in d else "")
+            say(f"single stream {t.name} {mode}: {retr}STOR {d['STOR'] / MB:.0f} MB/s "
                 f"{[round(v / MB) for v in d['STOR_runs']]}")
     return out
 
@@ -385,6 +388,9 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
+NOFSYNC = "cluster-fsync-off"
+
+
 def report(results: dict) -> str:
     """The results as Markdown tables."""
     lines: list[str] = []
@@ -410,6 +416,12 @@ def report(results: dict) -> str:
             vals = [get(single, s, mode, op) for s in ("cluster", *peers)]
             lines.append(f"| {op} {big}, curl | {mode_name[mode]} | " + " | ".join(_mbs(v) for v in vals)
                          + f" | {_ratio(vals[0], vals[1])} | >= 1.0 |")
+    for mode in MODES:
+        v = get(single, NOFSYNC, mode, "STOR")
+        if v is not None:
+            p = get(single, "pyftpdlib", mode, "STOR")
+            lines.append(f"| STOR {big}, curl, slave `fsync = false` (no durability, like the peers) | "
+                         f"{mode_name[mode]} | {_mbs(v)} | {_mbs(p)} | - | {_ratio(v, p)} | (no target) |")
     for op in ("RETR", "STOR"):
         for sessions, target in (("1", "0.8"), (str(sizes["sessions"]), "1.0")):
             vals = [get(small, s, op, sessions) for s in ("cluster", *peers)]
@@ -560,6 +572,14 @@ def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argpa
                                 master_extra={"max_connections": sizes.idle_sessions + 200})
         populate(cluster.root, big, small)
         servers: list[Any] = [cluster]
+        if "single" in sections:
+            # The same cluster with the slave's fsync off: what the durability of STOR costs.
+            nofsync = ClusterServer(work / "cluster-nofsync", slaves=1, slave_extra={"fsync": False},
+                                    name=NOFSYNC)
+            nofsync.stor_only = True  # type: ignore[attr-defined]
+            place(big, nofsync.root / "big.bin")
+            (nofsync.root / "up").mkdir(parents=True, exist_ok=True)
+            servers.append(nofsync)
         pyftpd = PyftpdlibServer(work / "pyftpdlib", work / "pyftpdlib.log")
         populate(pyftpd.root, big, small)
         servers.append(pyftpd)
@@ -576,8 +596,14 @@ def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argpa
                 server.start()
                 started.append(server)
             cluster.wait_visible({"big.bin": sizes.big_bytes, **{f"small/{n}": sizes.small_bytes for n in names}})
+            for server in started:
+                if server.name == NOFSYNC:
+                    server.wait_visible({"big.bin": sizes.big_bytes})
             if "single" in sections:
                 results["single"] = single_stream(started, big, sizes)
+            for server in [s for s in started if s.name == NOFSYNC]:
+                server.stop()
+                started.remove(server)
             if "small" in sections:
                 results["small"] = small_files(started, names, sizes)
             if "idle" in sections:

@@ -59,9 +59,10 @@ class ClusterServer:
 
     def __init__(self, base: Path, slaves: int = 1, *, own_addresses: bool = False,
                  master_extra: dict | None = None, slave_extra: dict | None = None,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", name: str = "cluster") -> None:
         from master.users import hash_password
 
+        self.name = name
         self.host = "127.0.0.1"
         self.user, self.password = USER, PASSWORD
         bp = launcher.free_ports(4)
