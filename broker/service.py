@@ -27,8 +27,7 @@ from typing import Callable
 import zmq
 
 from broker.registry import Registry, Send
-from common import log, sdnotify, wire, zmqsock
-from common import messages as m
+from common import log, messages as m, sdnotify, wire, zmqsock
 from common.config import BrokerConfig, BrokerSection, load
 
 logger = logging.getLogger("broker")
@@ -56,10 +55,10 @@ class Broker:
         self.registry = Registry(settings.heartbeat_ms, settings.liveness)
         self.stats_cache: dict[bytes, CachedStats] = {}
         self.ctx = zmqsock.new_context()
-        self.master_sock: zmq.Socket | None = None
-        self.slave_sock: zmq.Socket | None = None
-        self.xsub: zmq.Socket | None = None
-        self.xpub: zmq.Socket | None = None
+        self.master_sock: zmq.SyncSocket | None = None
+        self.slave_sock: zmq.SyncSocket | None = None
+        self.xsub: zmq.SyncSocket | None = None
+        self.xpub: zmq.SyncSocket | None = None
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)

@@ -35,13 +35,13 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     """Config sections reject unknown keys and are immutable once loaded."""
 
 
-class LogSection(_Section):
+class LogSection(_Section, frozen=True):
     level: LogLevel = "info"
 
 
 # ---------------------------------------------------------------- broker
 
-class BrokerSection(_Section):
+class BrokerSection(_Section, frozen=True):
     master_endpoint: str = "tcp://127.0.0.1:5550"
     """ROUTER the master's DEALER connects to."""
     slave_endpoint: str = "tcp://127.0.0.1:5551"
@@ -54,14 +54,14 @@ class BrokerSection(_Section):
     liveness: Positive = 5
 
 
-class BrokerConfig(_Section):
+class BrokerConfig(_Section, frozen=True):
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
 
 
 # ---------------------------------------------------------------- slave
 
-class SlaveSection(_Section):
+class SlaveSection(_Section, frozen=True):
     name: Name
     root: str
     """Storage directory; the slave never touches a path outside it."""
@@ -84,14 +84,14 @@ class SlaveSection(_Section):
     rest are aborted; a second SIGTERM aborts at once."""
 
 
-class SlaveConfig(_Section):
+class SlaveConfig(_Section, frozen=True):
     slave: SlaveSection
     log: LogSection = msgspec.field(default_factory=LogSection)
 
 
 # ---------------------------------------------------------------- master
 
-class UserEntry(_Section):
+class UserEntry(_Section, frozen=True):
     name: Name
     password_hash: str
     """From `ftpcluster hash-password`; plain-text passwords are refused."""
@@ -100,7 +100,7 @@ class UserEntry(_Section):
     """pyftpdlib permission letters: e l r a d f m w M T (plus S for SITE admin commands)."""
 
 
-class MasterSection(_Section):
+class MasterSection(_Section, frozen=True):
     listen_host: str = "127.0.0.1"
     listen_port: Port = 2121
     broker_endpoint: str = "tcp://127.0.0.1:5550"
@@ -126,7 +126,7 @@ class MasterSection(_Section):
     it the transfer command gets 425 and the client is told to use PRET."""
 
 
-class PlacementWeights(_Section):
+class PlacementWeights(_Section, frozen=True):
     """Score weights (master.placement documents the terms); 0 switches a term off."""
 
     free_space: Annotated[float, msgspec.Meta(ge=0)] = 1.0
@@ -135,7 +135,7 @@ class PlacementWeights(_Section):
     load: Annotated[float, msgspec.Meta(ge=0)] = 1.0
 
 
-class PathRule(_Section):
+class PathRule(_Section, frozen=True):
     """For virtual paths matching `glob` (fnmatch; `*` also matches "/")."""
 
     glob: str
@@ -146,7 +146,7 @@ class PathRule(_Section):
     prefer_points: float = 100.0
 
 
-class DirectionPolicy(_Section):
+class DirectionPolicy(_Section, frozen=True):
     require_fresh_stats: bool = True
     """Exclude a slave whose stats stopped arriving (a slave that never sent any is not stale)."""
     min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024 * 1024
@@ -157,14 +157,14 @@ class DirectionPolicy(_Section):
     rules: list[PathRule] = msgspec.field(default_factory=list)
 
 
-class PlacementSection(_Section):
+class PlacementSection(_Section, frozen=True):
     upload: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
     download: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
     """Free space is never a filter for downloads (min_free_* are ignored there)."""
     replication: DirectionPolicy = msgspec.field(default_factory=DirectionPolicy)
 
 
-class MasterConfig(_Section):
+class MasterConfig(_Section, frozen=True):
     master: MasterSection = msgspec.field(default_factory=MasterSection)
     users: list[UserEntry] = msgspec.field(default_factory=list)
     log: LogSection = msgspec.field(default_factory=LogSection)
@@ -290,4 +290,4 @@ def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> No
             bad = set(user.perms) - set("elradfmwMTS")
             if bad:
                 raise ConfigError(
-                    f"{source}: key users[{index}].perms: unknown permission letters {''.join(sorted(bad))!r}")
+                    f"{source}: key users[{index}].perms: unknown permission letters {''.join(sorted(bad))!r}")  # noqa: E501

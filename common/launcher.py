@@ -249,7 +249,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def spawn_role(module: str, config: Path, log: IO[bytes], *, new_group: bool = True) -> subprocess.Popen:
+def spawn_role(module: str, config: Path, log: IO[bytes], *,
+               new_group: bool = True) -> subprocess.Popen[bytes]:
     """Start `python -m module --config config` with stdout and stderr going to `log`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -271,7 +272,7 @@ def query_online(host: str, port: int, user: str, password: str, timeout: float 
         return None
 
 
-def stop_processes(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
     """SIGTERM every live process, wait up to `grace` seconds, then SIGKILL what is left."""
     for proc in procs:
         if proc.poll() is None:
@@ -296,7 +297,7 @@ class _Role:
     module: str
     config: Path
     log_path: Path
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     delay: float | None = None
     restart_at: float | None = None
@@ -370,7 +371,7 @@ def run_local_cluster(port: int = 2121, slaves: int = 3, data: str = "./var",
                              f"restarting it in {role.delay:g} s (log: {role.log_path})")
                 elif role.restart_at is not None and now >= role.restart_at:
                     start(role)
-                    _say(f"{role.name} restarted (pid {role.proc.pid})")
+                    _say(f"{role.name} restarted (pid {role.proc.pid})")  # type: ignore[union-attr]  # start() sets proc
             if not up and now >= next_poll:
                 next_poll = now + 0.5
                 online = query_online(host, port, DEMO_USER, DEMO_PASSWORD)

@@ -21,23 +21,23 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True
 
 # ---------------------------------------------------------------- shared
 
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True):
     """Sent by either side of a link when it has sent nothing else for a while."""
 
 
-class Disconnect(Message):
+class Disconnect(Message, frozen=True):
     """The receiver is not (or no longer) registered: it must say hello again."""
 
     reason: str = ""
 
 
-class Bye(Message):
+class Bye(Message, frozen=True):
     """The sender is going away on purpose."""
 
     reason: str = ""
 
 
-class Welcome(Message):
+class Welcome(Message, frozen=True):
     """Broker -> slave or master: registration accepted, with the heartbeat contract."""
 
     heartbeat_ms: int
@@ -46,7 +46,7 @@ class Welcome(Message):
 
 # ---------------------------------------------------------------- master -> slave commands
 
-class Listen(Message):
+class Listen(Message, frozen=True):
     """Open a passive data listener for transfer `xfer_id`, accepting only `allowed_ip`."""
 
     req_id: int
@@ -54,7 +54,7 @@ class Listen(Message):
     allowed_ip: str
 
 
-class StartSend(Message):
+class StartSend(Message, frozen=True):
     """Send file `path` from `offset` over the data connection (RETR).
 
     `connect_to` set: active mode, the slave connects to that address.
@@ -68,7 +68,7 @@ class StartSend(Message):
     connect_to: tuple[str, int] | None = None
 
 
-class StartReceive(Message):
+class StartReceive(Message, frozen=True):
     """Receive file `path` over the data connection (STOR / APPE / REST+STOR).
 
     offset > 0 truncates the file to `offset` and writes from there; append writes at
@@ -83,28 +83,28 @@ class StartReceive(Message):
     connect_to: tuple[str, int] | None = None
 
 
-class Abort(Message):
+class Abort(Message, frozen=True):
     """Stop transfer `xfer_id` (or close its listener); a TransferDone follows if it had started."""
 
     req_id: int
     xfer_id: int
 
 
-class DoneAck(Message, kw_only=True):
+class DoneAck(Message, frozen=True, kw_only=True):
     """Master has recorded TransferDone `xfer_id`; the slave may forget it."""
 
     req_id: int = 0
     xfer_id: int
 
 
-class Delete(Message):
+class Delete(Message, frozen=True):
     """Delete a file or a whole directory tree; a missing path is success."""
 
     req_id: int
     path: str
 
 
-class Rename(Message):
+class Rename(Message, frozen=True):
     """Rename a file or directory tree, creating the destination's parents; missing src is success.
 
     `replace` False: an existing destination is an error (EEXIST) instead of being replaced
@@ -117,19 +117,19 @@ class Rename(Message):
     replace: bool = True
 
 
-class MakeDir(Message):
+class MakeDir(Message, frozen=True):
     req_id: int
     path: str
 
 
-class RemoveDir(Message):
+class RemoveDir(Message, frozen=True):
     """Remove an empty directory; a missing one is success."""
 
     req_id: int
     path: str
 
 
-class Checksum(Message):
+class Checksum(Message, frozen=True):
     """CRC32 of a file's bytes [start, end) (end None = to the end)."""
 
     req_id: int
@@ -138,7 +138,7 @@ class Checksum(Message):
     end: int | None = None
 
 
-class InventoryRequest(Message):
+class InventoryRequest(Message, frozen=True):
     """Next page of scan `scan` (a new scan id starts a fresh walk).
 
     `mode`: "walk" lists every directory and file under the root (pre-order);
@@ -162,7 +162,7 @@ SlaveCommand = Union[
 
 # ---------------------------------------------------------------- slave -> master replies
 
-class OpResult(Message):
+class OpResult(Message, frozen=True):
     """Generic reply to a command: ok, or the error (errno when it came from the OS)."""
 
     req_id: int
@@ -171,20 +171,20 @@ class OpResult(Message):
     errno: int = 0
 
 
-class Listening(Message):
+class Listening(Message, frozen=True):
     req_id: int
     xfer_id: int
     port: int
 
 
-class Started(Message):
+class Started(Message, frozen=True):
     """The file is open and the data connection is being set up (master may answer 150)."""
 
     req_id: int
     xfer_id: int
 
 
-class TransferDone(Message):
+class TransferDone(Message, frozen=True):
     """Outcome of a transfer; re-sent by the slave until the master answers DoneAck."""
 
     xfer_id: int
@@ -201,7 +201,7 @@ class TransferDone(Message):
     nothing of this upload was kept, so the master records nothing."""
 
 
-class TransferProgress(Message):
+class TransferProgress(Message, frozen=True):
     """Bytes moved so far by running transfer `xfer_id` (about once a second; a hint for
     STAT and SITE WHO, never acknowledged)."""
 
@@ -226,7 +226,7 @@ class DirSummary(msgspec.Struct, frozen=True, kw_only=True):
     dirs: int = 0
 
 
-class InventoryPage(Message):
+class InventoryPage(Message, frozen=True):
     req_id: int
     scan: int
     entries: list[InventoryEntry]
@@ -234,7 +234,7 @@ class InventoryPage(Message):
     summaries: list[DirSummary] = []
 
 
-class ChecksumResult(Message):
+class ChecksumResult(Message, frozen=True):
     req_id: int
     crc32: int
     size: int
@@ -246,7 +246,7 @@ SlaveReply = Union[OpResult, Listening, Started, TransferDone, InventoryPage, Ch
 
 # ---------------------------------------------------------------- slave <-> broker
 
-class Hello(Message, kw_only=True):
+class Hello(Message, frozen=True, kw_only=True):
     """Slave registration. A newer incarnation (one per process start) replaces the old one."""
 
     name: str
@@ -270,19 +270,19 @@ BrokerToSlave = Union[Welcome, Heartbeat, Disconnect, Listen, StartSend, StartRe
 
 # ---------------------------------------------------------------- master <-> broker
 
-class MasterHello(Message):
+class MasterHello(Message, frozen=True):
     incarnation: str
     proto: int = PROTOCOL_VERSION
 
 
-class ToSlave(Message):
+class ToSlave(Message, frozen=True):
     """Master -> broker: deliver `cmd` to slave `slave`."""
 
     slave: str
     cmd: SlaveCommand
 
 
-class SlaveUp(Message):
+class SlaveUp(Message, frozen=True):
     name: str
     incarnation: str
     data_host: str
@@ -291,13 +291,13 @@ class SlaveUp(Message):
     disk_free: int = 0
 
 
-class SlaveDown(Message):
+class SlaveDown(Message, frozen=True):
     name: str
     incarnation: str
     reason: str
 
 
-class FromSlave(Message):
+class FromSlave(Message, frozen=True):
     """Broker -> master: a reply or event from slave `slave`."""
 
     slave: str
@@ -305,7 +305,7 @@ class FromSlave(Message):
     msg: SlaveReply
 
 
-class Undeliverable(Message):
+class Undeliverable(Message, frozen=True):
     """Broker -> master: a ToSlave could not be delivered (slave offline or overloaded)."""
 
     slave: str
@@ -320,7 +320,7 @@ BrokerToMaster = Union[Welcome, Heartbeat, Disconnect, SlaveUp, SlaveDown, FromS
 
 # ---------------------------------------------------------------- stats feed
 
-class SlaveStats(Message):
+class SlaveStats(Message, frozen=True):
     """Whole snapshot published every stats interval on topic b"stats." + name."""
 
     name: str

@@ -15,13 +15,14 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import zmq
 
 from common import wire, zmqsock
-from common.config import BrokerConfig, ConfigError, MasterConfig, load, tomllib
+from common.config import BrokerConfig, ConfigError, MasterConfig, load
 from common.statsview import OFFLINE_AFTER_S, STALE_AFTER_S, StatsBoard, prometheus_samples, render_table
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5553"
@@ -104,7 +105,7 @@ def serve_prometheus(board: StatsBoard, lock: threading.Lock, host: str, port: i
 
     # Our own registry: no process/platform collectors of the tool itself.
     registry = CollectorRegistry()
-    registry.register(BoardCollector())  # type: ignore[arg-type]
+    registry.register(BoardCollector())
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
 

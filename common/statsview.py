@@ -137,7 +137,8 @@ def render_table(board: StatsBoard, now: float, title: str = "ftpcluster stats")
     totals = board.totals(now)
     table.add_column("slave", footer="total", no_wrap=True, max_width=14, overflow="ellipsis")
     table.add_column("state", footer=f"{totals['online']}/{totals['slaves']}", no_wrap=True)
-    table.add_column("free/total", footer=f"{human_bytes(totals['disk_free'])}/{human_bytes(totals['disk_total'])}",
+    table.add_column("free/total",
+                     footer=f"{human_bytes(totals['disk_free'])}/{human_bytes(totals['disk_total'])}",
                      no_wrap=True, justify="right")
     table.add_column("used", footer=usage_bar(totals["disk_free"], totals["disk_total"]), no_wrap=True)
     table.add_column("load", footer="", no_wrap=True, justify="right")

@@ -32,7 +32,7 @@ def encode(msg: m.Message) -> list[bytes]:
     return [PROTOCOL_TAG, _encoder.encode(msg)]
 
 
-def decode(frames: Sequence[bytes | Any], decoder: msgspec.msgpack.Decoder) -> Any:
+def decode(frames: Sequence[bytes | Any], decoder: msgspec.msgpack.Decoder[Any]) -> Any:
     """Decode [PROTOCOL_TAG, body] with `decoder`; raises BadFrame on anything else."""
     if len(frames) != 2:
         raise BadFrame(f"expected 2 frames, got {len(frames)}")

@@ -6,7 +6,7 @@ in one module later. See shared/reference/zeromq.md for why each option is set.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import zmq
 
@@ -19,14 +19,14 @@ RECONNECT_IVL_MAX_MS = 2000
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def new_context() -> zmq.Context:
+def new_context() -> zmq.SyncContext:
     """A context whose sockets never block close/term on unsent messages (LINGER 0)."""
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     return ctx
 
 
-def _common(sock: zmq.Socket) -> None:
+def _common(sock: zmq.SyncSocket) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
@@ -34,7 +34,7 @@ def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
 
 
-def bound_router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def bound_router(ctx: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     """A ROUTER that raises on unroutable sends (EHOSTUNREACH) instead of dropping silently."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
@@ -46,7 +46,7 @@ def bound_router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def connected_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def connected_dealer(ctx: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     """A DEALER to the broker; auto-generated routing id (the name travels in Hello)."""
     sock = ctx.socket(zmq.DEALER)
     _common(sock)
@@ -59,7 +59,7 @@ def connected_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def bound_xsub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def bound_xsub(ctx: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     sock = ctx.socket(zmq.XSUB)
     _common(sock)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -67,7 +67,7 @@ def bound_xsub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def bound_xpub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def bound_xpub(ctx: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     """XPUB that reports every subscription, so the broker can replay its last-value cache."""
     sock = ctx.socket(zmq.XPUB)
     _common(sock)
@@ -78,14 +78,14 @@ def bound_xpub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def connected_pub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def connected_pub(ctx: zmq.SyncContext, endpoint: str) -> zmq.SyncSocket:
     sock = ctx.socket(zmq.PUB)
     _common(sock)
     sock.connect(endpoint)
     return sock
 
 
-def connected_sub(ctx: zmq.Context, endpoint: str, prefix: bytes = b"") -> zmq.Socket:
+def connected_sub(ctx: zmq.SyncContext, endpoint: str, prefix: bytes = b"") -> zmq.SyncSocket:
     sock = ctx.socket(zmq.SUB)
     _common(sock)
     sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -93,14 +93,14 @@ def connected_sub(ctx: zmq.Context, endpoint: str, prefix: bytes = b"") -> zmq.S
     return sock
 
 
-def drain(sock: zmq.Socket, handle: Callable[[list[bytes]], None], limit: int = 10000) -> int:
+def drain(sock: zmq.SyncSocket, handle: Callable[[list[bytes]], None], limit: int = 10000) -> int:
     """Receive every queued message without blocking; returns how many were handled.
 
     The zmq FD is edge-triggered: after any send or recv the socket may hold messages
     without the FD firing again, so callers drain on every wake-up and after every send.
     """
     count = 0
-    while count < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+    while count < limit and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
         try:
             frames = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:

@@ -2,8 +2,9 @@
 
 Owns the mapping between FTP paths and virtual paths (identity: every session's root
 is "/"), stat results built from VFS entries, and which slave commands follow a delete
-or rename that the VFS has committed (returned, not sent: the handler sends them). Never touches the master's own disk: open()
-raises, since file bytes only ever live on slaves.
+or rename that the VFS has committed (returned, not sent: the handler sends them).
+Never touches the master's own disk: open() raises, since file bytes only ever live on
+slaves.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class VirtualFilesystem(AbstractedFS):
             raise _oserror(errno.ENOTDIR, path)
         self.cwd = path
 
-    def listdir(self, path: str) -> "Listing":
+    def listdir(self, path: str) -> Listing:
         """The names in directory `path`, streamed (see Listing). Raises OSError at once."""
         return Listing(self, self.vfs.listdir(path, with_slaves=False))
 
@@ -152,10 +153,11 @@ class VirtualFilesystem(AbstractedFS):
         """`ls -l` lines as pyftpdlib makes them, built straight from the streamed entries
         (no stat_result per entry: a 10,000-entry LIST costs a few tens of ms)."""
         if not isinstance(listing, Listing):
-            return super().format_list(basedir, listing, ignore_err)
+            lines: Iterator[bytes] = super().format_list(basedir, listing, ignore_err)
+            return lines
         return self._ls_lines(listing)
 
-    def _ls_lines(self, listing: "Listing") -> Iterator[bytes]:
+    def _ls_lines(self, listing: Listing) -> Iterator[bytes]:
         channel = self.cmd_channel
         timefunc = time.gmtime if channel.use_gmt_times else time.localtime
         encoding, errors = channel.encoding, channel.unicode_errors

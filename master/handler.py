@@ -24,6 +24,7 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
 from pyftpdlib.utils import strerror
 
+from common import messages as m
 from common.config import MasterConfig, MasterSection
 from master import passive, site, transfers
 from master.cluster import SlaveRegistry, SlaveState
@@ -34,7 +35,6 @@ from master.relay import Relay, RelayCounter, Waker
 from master.transfers import RemoteTransfer, Transfer
 from master.users import ClusterAuthorizer
 from master.vfs import VirtualFS
-from common import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def _proto_cmds() -> dict[str, dict[str, Any]]:
                                help="Syntax: SITE STATUS (cluster counters; admins only).")
     cmds["SITE REMERGE"] = dict(perm=None, auth=True, arg=True,
                                 help="Syntax: SITE REMERGE <SP> slave (full inventory merge; admins only).")
-    cmds["SITE SLAVESELECT"] = dict(perm=None, auth=True, arg=True,
-                                    help="Syntax: SITE SLAVESELECT up|down PATH (placement scores; admins only).")
+    cmds["SITE SLAVESELECT"] = dict(
+        perm=None, auth=True, arg=True,
+        help="Syntax: SITE SLAVESELECT up|down PATH (placement scores; admins only).")
     cmds["SITE WHO"] = dict(perm=None, auth=True, arg=False,
                             help="Syntax: SITE WHO (sessions and their transfers; admins only).")
     return cmds
@@ -93,6 +94,10 @@ class ClusterFTPHandler(FTPHandler):
     """One FTP control connection. Class attributes come from build_handler()."""
 
     cluster: Cluster
+    # Set by pyftpdlib's (untyped) FTPHandler; declared for the type checker only.
+    data_channel: Any
+    _restart_position: Any
+    _rnfr: Any
     abstracted_fs = VirtualFilesystem
     passive_dtp = passive.ParkingPassiveDTP
     proto_cmds = PROTO_CMDS

@@ -4,7 +4,8 @@ Owns the DEALER to the broker and the SUB on the stats feed, registration and li
 (MasterHello, heartbeats, re-hello after silence or Disconnect), the table of requests
 in flight (req_id -> callback, swept for timeouts), routing TransferDone to the transfer
 that owns its xfer_id (always answering DoneAck), and starting the replay of queued
-operations and the inventory merge of a slave that (re)joins (master.syncer). It makes no FTP decisions and never blocks the loop.
+operations and the inventory merge of a slave that (re)joins (master.syncer). It makes
+no FTP decisions and never blocks the loop.
 
 The zmq FD is edge-triggered: every socket is drained once after registering, on every
 read event, and again (call_later(0), deduplicated) after every send.
@@ -22,9 +23,7 @@ from typing import Any, Callable, Protocol
 import msgspec
 import zmq
 
-from common import messages as m
-from common import wire
-from common import zmqsock
+from common import messages as m, wire, zmqsock
 from common.config import MasterSection
 from master.cluster import SlaveRegistry, SlaveState
 from master.opqueue import QueuedOp
@@ -68,7 +67,7 @@ class _Pending:
 class _ZmqReader:
     """Registers a zmq socket's FD in pyftpdlib's IOLoop (the interface asyncore.read needs)."""
 
-    def __init__(self, ioloop: Any, sock: zmq.Socket, on_readable: Callable[[], None]) -> None:
+    def __init__(self, ioloop: Any, sock: zmq.SyncSocket, on_readable: Callable[[], None]) -> None:
         self.ioloop = ioloop
         self.sock = sock
         self._on_readable = on_readable
@@ -113,7 +112,7 @@ class BrokerLink:
     """Master <-> broker: requests to slaves, slave events, stats and inventory merges."""
 
     def __init__(self, ioloop: Any, config: MasterSection, registry: SlaveRegistry,
-                 vfs: VirtualFS, ctx: zmq.Context | None = None,
+                 vfs: VirtualFS, ctx: zmq.SyncContext | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ioloop = ioloop
         self.config = config

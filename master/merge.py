@@ -82,11 +82,11 @@ class MergeMixin:
             db.execute("INSERT INTO slave_gens(slave, gen) VALUES (?, 1)"
                        " ON CONFLICT(slave) DO UPDATE SET gen = gen + 1", (slave,))
             db.execute("DELETE FROM merge_stage WHERE slave = ?", (slave,))
-            return self._gen(slave)  # type: ignore[attr-defined]
+            return self._gen(slave)  # type: ignore[attr-defined, no-any-return]
 
     def current_generation(self, slave: str) -> int:
         """The latest generation `begin_merge` returned for `slave` (0 if never merged)."""
-        return self._gen(slave)  # type: ignore[attr-defined]
+        return self._gen(slave)  # type: ignore[attr-defined, no-any-return]
 
     def _stale(self, slave: str, generation: int, what: str) -> bool:
         current = self._gen(slave)  # type: ignore[attr-defined]
@@ -265,7 +265,7 @@ class MergeMixin:
         Iterative: an inventory may hold trees deeper than Python's recursion limit.
         """
         try:
-            return self._dir_id(path)  # type: ignore[attr-defined]
+            return self._dir_id(path)  # type: ignore[attr-defined, no-any-return]
         except VfsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -282,7 +282,7 @@ class MergeMixin:
                 current = self._db.execute(
                     "INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
                     " VALUES (?, ?, 1, 0, ?, ?, ?)",
-                    (current, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid
+                    (current, name, mtime, ADOPTED_OWNER, ADOPTED_OWNER)).lastrowid  # type: ignore[assignment]
             elif not row[1]:
                 raise vfs_error(errno.ENOTDIR, walked)
             else:
@@ -296,7 +296,7 @@ class MergeMixin:
         `below_gen` if given); files left with no holder are removed. Returns the count."""
         db = self._db
         gen_clause = "" if below_gen is None else " AND gen < ?"
-        args: tuple = (slave, dir_id) if below_gen is None else (slave, dir_id, below_gen)
+        args: tuple[Any, ...] = (slave, dir_id) if below_gen is None else (slave, dir_id, below_gen)
         dropped = db.execute(
             "DELETE FROM replicas WHERE slave = ? AND entry IN (SELECT id FROM entries"
             f" WHERE parent = ? AND is_dir = 0){gen_clause}", args).rowcount

@@ -75,8 +75,9 @@ class OpQueueMixin:
         return out
 
     def queued_count(self, slave: str) -> int:
-        return self._db.execute("SELECT count(*) FROM pending_ops WHERE slave = ?",
-                                (slave,)).fetchone()[0]
+        count: int = self._db.execute("SELECT count(*) FROM pending_ops WHERE slave = ?",
+                                      (slave,)).fetchone()[0]
+        return count
 
     def op_done(self, op_id: int, failed: bool = False) -> None:
         """The slave answered operation `op_id`: forget it. `failed` (the slave refused it):

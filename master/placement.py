@@ -31,7 +31,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.config import DirectionPolicy, PlacementSection
+from common.config import DirectionPolicy, PathRule, PlacementSection
 
 Direction = Literal["upload", "download", "replication"]
 DIRECTIONS: tuple[Direction, ...] = ("upload", "download", "replication")
@@ -87,12 +87,12 @@ class Selection:
         return {v.name: v.score for v in self.verdicts if v.score is not None}
 
 
-def _matching_rules(policy: DirectionPolicy, path: str) -> list:
+def _matching_rules(policy: DirectionPolicy, path: str) -> list[PathRule]:
     return [rule for rule in policy.rules if path and fnmatch.fnmatchcase(path, rule.glob)]
 
 
 def _exclusion(policy: DirectionPolicy, direction: Direction, slave: SlaveLoad, size_hint: int,
-               rules: list) -> str:
+               rules: list[PathRule]) -> str:
     """Why `slave` may not serve this transfer, or ""."""
     if slave.state != "online":
         return slave.state
@@ -113,7 +113,7 @@ def _exclusion(policy: DirectionPolicy, direction: Direction, slave: SlaveLoad, 
 
 
 def _score(policy: DirectionPolicy, direction: Direction, slave: SlaveLoad, max_free: int,
-           rules: list, prefer: frozenset[str]) -> float:
+           rules: list[PathRule], prefer: frozenset[str]) -> float:
     w = policy.weights
     bps = slave.rx_bps if direction == "upload" else slave.tx_bps
     score = w.free_space * (slave.disk_free / max_free if max_free > 0 else 0.0)
@@ -135,7 +135,8 @@ class Placement:
     _last_chosen: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def policy(self, direction: Direction) -> DirectionPolicy:
-        return getattr(self.config, direction)
+        policy: DirectionPolicy = getattr(self.config, direction)
+        return policy
 
     def rule_exclusion(self, direction: Direction, path: str, slave: str) -> str:
         """Why the path rules keep `slave` from serving `path` in `direction`, or "" (the

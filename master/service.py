@@ -23,8 +23,7 @@ from typing import Any
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
-from common import log as common_log
-from common import sdnotify
+from common import log as common_log, sdnotify
 from common.config import ConfigError, MasterConfig, UserEntry, load
 from master.cluster import SlaveRegistry
 from master.handler import Cluster, build_handler

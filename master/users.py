@@ -30,8 +30,16 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.exceptions import AuthenticationFailed
 
 from common.config import UserEntry
-from common.passwords import (KEY_BYTES, SALT_BYTES, SCRYPT_N, SCRYPT_P, SCRYPT_R,  # noqa: F401
-                              hash_password, parse_hash, verify_password)
+from common.passwords import (  # noqa: F401
+    KEY_BYTES,
+    SALT_BYTES,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    hash_password as hash_password,
+    parse_hash,
+    verify_password as verify_password,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ def _within(path: str, home: str) -> bool:
 
 class ClusterAuthorizer(DummyAuthorizer):
     """pyftpdlib authorizer over virtual paths: never looks at the master's own disk."""
+
+    user_table: dict[str, Any]  # DummyAuthorizer's (untyped) table
 
     def __init__(self, users: list[UserEntry]) -> None:
         """Raises ValueError for a duplicate user, an unknown permission letter, a relative

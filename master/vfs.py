@@ -25,12 +25,21 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from master.merge import MergeMixin, MergeStats
 from master.opqueue import OpQueueMixin, QueuedOp
-from master.vpath import (ADOPTED_OWNER, MAX_NAME_BYTES, ROOT_ID, Entry, VfsError, join as _join,
-                          normalize, split as _split, vfs_error)
+from master.vpath import (
+    ADOPTED_OWNER,
+    MAX_NAME_BYTES,
+    ROOT_ID,
+    Entry,
+    VfsError,
+    join as _join,
+    normalize,
+    split as _split,
+    vfs_error,
+)
 
 __all__ = ["ADOPTED_OWNER", "MAX_NAME_BYTES", "ROOT_ID", "Entry", "MergeStats", "QueuedOp",
            "VfsError", "VirtualFS", "normalize", "vfs_error", "LISTDIR_BATCH"]
@@ -106,7 +115,7 @@ WITH RECURSIVE t(id, is_dir) AS (
 """
 
 
-def _entry(path: str, row: tuple) -> Entry:
+def _entry(path: str, row: tuple[Any, ...]) -> Entry:
     _id, is_dir, size, mtime, owner, grp, crc32, slaves = row
     return Entry(path=path, is_dir=bool(is_dir), size=size, mtime=mtime, owner=owner, group=grp,
                  crc32=crc32, slaves=frozenset(slaves.split("/")) if slaves else frozenset())
@@ -192,9 +201,10 @@ class VirtualFS(MergeMixin, OpQueueMixin):
         for key in [k for k in self._dirs if k == path or k.startswith(prefix)]:
             del self._dirs[key]
 
-    def _child(self, parent_id: int, name: str) -> tuple | None:
-        return self._db.execute(f"SELECT {_COLS} FROM entries e WHERE e.parent = ? AND e.name = ?",
-                                (parent_id, name)).fetchone()
+    def _child(self, parent_id: int, name: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._db.execute(
+            f"SELECT {_COLS} FROM entries e WHERE e.parent = ? AND e.name = ?", (parent_id, name)).fetchone()
+        return row
 
     def _dir_id(self, path: str) -> int:
         """Row id of directory `path`. Raises ENOENT, ENOTDIR (path or an ancestor is a file)."""
@@ -223,10 +233,12 @@ class VirtualFS(MergeMixin, OpQueueMixin):
             self._cache("/" + "/".join(parts[: i + 1]), current)
         return current
 
-    def _row(self, path: str) -> tuple | None:
+    def _row(self, path: str) -> tuple[Any, ...] | None:
         """The entry row of `path`, or None. Raises ENOTDIR when an ancestor is a file."""
         if path == "/":
-            return self._db.execute(f"SELECT {_COLS} FROM entries e WHERE e.id = ?", (ROOT_ID,)).fetchone()
+            root: tuple[Any, ...] | None = self._db.execute(
+                f"SELECT {_COLS} FROM entries e WHERE e.id = ?", (ROOT_ID,)).fetchone()
+            return root
         parent, name = _split(path)
         try:
             parent_id = self._dir_id(parent)
@@ -236,7 +248,7 @@ class VirtualFS(MergeMixin, OpQueueMixin):
             raise
         return self._child(parent_id, name)
 
-    def _existing(self, path: str) -> tuple:
+    def _existing(self, path: str) -> tuple[Any, ...]:
         row = self._row(path)
         if row is None:
             raise vfs_error(errno.ENOENT, path)
@@ -327,7 +339,7 @@ class VirtualFS(MergeMixin, OpQueueMixin):
                 raise vfs_error(errno.EEXIST, path)
             cur = db.execute("INSERT INTO entries(parent, name, is_dir, size, mtime, owner, grp)"
                              " VALUES (?, ?, 1, 0, ?, ?, ?)", (parent_id, name, mtime, owner, group))
-            self._cache(path, cur.lastrowid)
+            self._cache(path, cur.lastrowid)  # type: ignore[arg-type]  # set after an INSERT
         return Entry(path, True, 0, mtime, owner, group, None, frozenset())
 
     def rmdir(self, path: str) -> None:

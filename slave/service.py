@@ -24,15 +24,12 @@ import uuid
 from collections import OrderedDict
 from importlib import metadata
 from types import FrameType
-from typing import Callable, Iterator, assert_never
+from typing import Callable, Iterator, assert_never, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common import config as cfgmod
-from common import log as logmod
-from common import messages as m
-from common import sdnotify, wire, zmqsock
+from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
 from slave.outbox import JobPool, Outbox, checksum_job
 from slave.stats import StatsSampler
 from slave.storage import Storage
@@ -386,7 +383,8 @@ class SlaveService:
                 log.info("inventory scan %d: mode %s, was %s; restarted", msg.scan, msg.mode, stored[0])
         if walk is None:
             if msg.mode == "summary":
-                walk = self.storage.summaries()
+                # DirSummary items share the walk; they go out as the page's summaries.
+                walk = cast("Iterator[m.InventoryEntry]", self.storage.summaries())
             elif msg.mode == "dirs":
                 walk = self.storage.list_dirs(list(msg.dirs))
             else:

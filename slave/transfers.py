@@ -68,7 +68,7 @@ class WorkerPool:
     `submit` never queues behind a busy worker: with no idle worker it starts a new one.
     """
 
-    def __init__(self, run: "Callable[[Transfer], None]", idle_s: float = WORKER_IDLE_S) -> None:
+    def __init__(self, run: Callable[[Transfer], None], idle_s: float = WORKER_IDLE_S) -> None:
         self._run = run
         self._idle_s = idle_s
         self._jobs: queue.SimpleQueue[Transfer | None] = queue.SimpleQueue()
@@ -76,7 +76,7 @@ class WorkerPool:
         self.idle = 0
         self.threads = 0
 
-    def submit(self, job: "Transfer") -> None:
+    def submit(self, job: Transfer) -> None:
         """Run `job` on a worker; raises RuntimeError when no thread can be started."""
         with self._lock:
             if self.idle > 0:
@@ -97,12 +97,12 @@ class WorkerPool:
             for _ in range(self.idle):
                 self._jobs.put(None)
 
-    def _loop(self, job: "Transfer | None") -> None:
+    def _loop(self, job: Transfer | None) -> None:
         while job is not None:
             self._run(job)
             job = self._next()
 
-    def _next(self) -> "Transfer | None":
+    def _next(self) -> Transfer | None:
         with self._lock:
             self.idle += 1
         try:
