@@ -429,6 +429,20 @@ def test_pipelined_pret_pasv_noop_keep_order(master: Master, broker: FakeBroker)
     ftp.quit()
 
 
+
+def start_active_retr(master: Master, broker: FakeBroker, port_low: int) -> tuple[ftplib.FTP, str, m.StartSend]:
+    """A logged-in session whose active-mode RETR /pub/a.bin has been dispatched and got 150."""
+    broker.responders[m.StartSend] = started
+    ftp = master.client()
+    wait_online(ftp)
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd(f"PORT 127,0,0,1,200,{port_low}")
+    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
+    slave, cmd = broker.expect(m.StartSend)
+    assert cmd.connect_to == ("127.0.0.1", 200 * 256 + port_low)
+    return ftp, slave, cmd
+
+
 def test_retr_missing_rest_and_offline(master: Master, broker: FakeBroker) -> None:
     ftp = master.client()
     wait_online(ftp)
@@ -450,13 +464,7 @@ def test_retr_missing_rest_and_offline(master: Master, broker: FakeBroker) -> No
 
 
 def test_slave_down_mid_retr_gives_4xx_quickly(master: Master, broker: FakeBroker) -> None:
-    broker.responders[m.StartSend] = started
-    ftp = master.client()
-    wait_online(ftp)
-    ftp.voidcmd("TYPE I")
-    ftp.sendcmd("PORT 127,0,0,1,200,12")
-    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
-    slave, cmd = broker.expect(m.StartSend)
+    ftp, slave, cmd = start_active_retr(master, broker, 12)
     assert cmd.connect_to == ("127.0.0.1", 200 * 256 + 12) and cmd.offset == 0
     broker.push(m.SlaveDown(name="s1", incarnation="inc-s1", reason="killed"))
     began = time.monotonic()
@@ -468,13 +476,7 @@ def test_slave_down_mid_retr_gives_4xx_quickly(master: Master, broker: FakeBroke
 
 
 def test_abort_during_transfer(master: Master, broker: FakeBroker) -> None:
-    broker.responders[m.StartSend] = started
-    ftp = master.client()
-    wait_online(ftp)
-    ftp.voidcmd("TYPE I")
-    ftp.sendcmd("PORT 127,0,0,1,200,13")
-    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
-    _, cmd = broker.expect(m.StartSend)
+    ftp, _, cmd = start_active_retr(master, broker, 13)
     ftp.sock.sendall(b"ABOR\r\n")
     first = ftp.getline()
     second = ftp.getline()
@@ -487,13 +489,7 @@ def test_abort_during_transfer(master: Master, broker: FakeBroker) -> None:
 
 def test_progress_of_a_direct_transfer_and_a_done_from_another_slave(
         master: Master, broker: FakeBroker) -> None:
-    broker.responders[m.StartSend] = started
-    ftp = master.client()
-    wait_online(ftp)
-    ftp.voidcmd("TYPE I")
-    ftp.sendcmd("PORT 127,0,0,1,200,14")
-    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
-    _, cmd = broker.expect(m.StartSend)
+    ftp, _, cmd = start_active_retr(master, broker, 14)
     # Ids go on from the wall clock: a restarted master does not reuse a slave's old ids.
     assert cmd.xfer_id > (time.time_ns() >> 10) - 3600 * 10 ** 6
     broker.from_slave("s1", m.TransferProgress(xfer_id=cmd.xfer_id, bytes=4))
@@ -562,13 +558,7 @@ def test_refuse_mode_asks_for_pret(tmp_path: Path, broker: FakeBroker) -> None:
 
 
 def test_quit_during_transfer_waits_for_the_outcome(master: Master, broker: FakeBroker) -> None:
-    broker.responders[m.StartSend] = started
-    ftp = master.client()
-    wait_online(ftp)
-    ftp.voidcmd("TYPE I")
-    ftp.sendcmd("PORT 127,0,0,1,200,14")
-    assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
-    _, cmd = broker.expect(m.StartSend)
+    ftp, _, cmd = start_active_retr(master, broker, 14)
     assert ftp.sendcmd("QUIT").startswith("221")
     broker.from_slave("s1", m.TransferDone(xfer_id=cmd.xfer_id, ok=True, bytes=10, size=10))
     assert ftp.getline().startswith("226")
