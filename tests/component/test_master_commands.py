@@ -21,6 +21,7 @@ import zmq
 
 from common import messages as m
 from common import wire
+from common.launcher import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +36,6 @@ def password_hash() -> str:
         from master.users import hash_password
         _HASH["h"] = hash_password(PASSWORD)
     return _HASH["h"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 Responder = Callable[[str, Any], list[m.Message]]
@@ -156,7 +151,7 @@ class FakeBroker:
 class Master:
     def __init__(self, tmp: Path, broker: FakeBroker, relay_mode: str = "relay",
                  extra: str = "") -> None:
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         state = tmp / "state"
         config = tmp / "master.toml"
         config.write_text(f"""
@@ -651,7 +646,7 @@ def test_demo_password_refused_off_loopback(tmp_path: Path) -> None:
     config.write_text(f"""
 [master]
 listen_host = "0.0.0.0"
-listen_port = {free_port()}
+listen_port = {free_ports(1)[0]}
 state_dir = "{tmp_path / 'state'}"
 
 [[users]]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,25 +20,13 @@ import zmq
 
 from common import messages as m
 from common import wire, zmqsock
+from common.launcher import free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 REPO = Path(__file__).resolve().parents[2]
 KEEPALIVE_S = 0.3
 """How often a test peer that is `alive` sends a Heartbeat while it waits."""
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class BrokerProcess:
