@@ -18,17 +18,6 @@ if TYPE_CHECKING:
     from master.handler import ClusterFTPHandler
 
 
-def is_admin(authorizer: Any, username: str) -> bool:
-    """Admins may run SITE SLAVES/STATUS: the authorizer's is_admin(), else the "S" perm."""
-    check = getattr(authorizer, "is_admin", None)
-    if callable(check):
-        return bool(check(username))
-    try:
-        return "S" in authorizer.get_perms(username)
-    except (KeyError, AttributeError):
-        return False
-
-
 def _rate(bps: float) -> str:
     """Bytes per second, short: 0, 512, 1.5K, 12.0M, 1.1G."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -137,7 +126,7 @@ def crc_reply(crc32: int) -> str:
 # ---------------------------------------------------------------- commands
 
 def site_slaves(h: ClusterFTPHandler) -> None:
-    if not is_admin(h.authorizer, h.username):
+    if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
     lines = slave_lines(h.cluster.registry.slaves.values(), h.cluster.clock())
@@ -148,7 +137,7 @@ def site_slaves(h: ClusterFTPHandler) -> None:
 def site_remerge(h: ClusterFTPHandler, arg: str) -> None:
     """SITE REMERGE <slave>: replay its queued operations, then a full inventory merge (every
     directory listed, whatever the recorded digests). Answers at once; the merge runs on."""
-    if not is_admin(h.authorizer, h.username):
+    if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
     name = arg.strip()
@@ -162,7 +151,7 @@ def site_remerge(h: ClusterFTPHandler, arg: str) -> None:
 
 
 def site_status(h: ClusterFTPHandler) -> None:
-    if not is_admin(h.authorizer, h.username):
+    if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
     cluster = h.cluster
@@ -173,7 +162,7 @@ def site_status(h: ClusterFTPHandler) -> None:
 
 def site_slaveselect(h: ClusterFTPHandler, arg: str) -> None:
     """SITE SLAVESELECT up|down PATH: what placement would decide now, and why (no side effect)."""
-    if not is_admin(h.authorizer, h.username):
+    if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
     direction, _, raw = arg.strip().partition(" ")
@@ -203,7 +192,7 @@ def site_slaveselect(h: ClusterFTPHandler, arg: str) -> None:
 
 
 def site_who(h: ClusterFTPHandler) -> None:
-    if not is_admin(h.authorizer, h.username):
+    if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
     views = [session_view(s) for s in list(h.cluster.sessions)]
