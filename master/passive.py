@@ -178,7 +178,7 @@ def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
     if arg and not h.fs.validpath(path):
         h.respond("501 Invalid path.")
         return
-    slave, why = plan(h, kind, path, h._restart_position)
+    slave, why = plan(h, kind, path, h._restart_position, h.fs.lookup(path))
     if slave is None:
         h.respond(why)
         return

@@ -92,6 +92,14 @@ def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) ->
     return ""
 
 
+def rest_refusal(rest: int, entry: Entry) -> str:
+    """Reply refusing a REST offset beyond the end of `entry`, or "" if it is within it."""
+    if rest > entry.size:
+        # RFC 1123 4.1.3.4: 554 when the file cannot be repositioned as REST asked.
+        return f"554 REST position ({rest}) > file size ({entry.size})."
+    return ""
+
+
 def failure_reply(error: str, errno: int, bytes_moved: int, aborted: bool) -> str:
     """The final reply for a transfer that did not complete."""
     text = f": {error}" if error else ""
@@ -440,10 +448,11 @@ class Transfer:
 
 # ---------------------------------------------------------------- the commands
 
-def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int) -> tuple[str | None, str]:
-    """Slave for `kind` on `path` (at PRET time or when the command arrives), or the reply."""
+def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int,
+         entry: Entry | None) -> tuple[str | None, str]:
+    """Slave for `kind` on `path` (at PRET time or when the command arrives), or the reply.
+    `entry` is what the metadata holds at `path` (the caller has looked it up)."""
     now = h.cluster.clock()
-    entry = h.fs.lookup(path)
     if kind == "RETR":
         if entry is None or entry.is_dir:
             return None, "550 No such file or directory."
@@ -460,9 +469,8 @@ def retr(h: ClusterFTPHandler, path: str) -> None:
     if entry is None or entry.is_dir:
         h.respond("550 No such file or directory.")
         return
-    if rest > entry.size:
-        # RFC 1123 4.1.3.4: 554 when the file cannot be repositioned as REST asked.
-        h.respond(f"554 REST position ({rest}) > file size ({entry.size}).")
+    if refusal := rest_refusal(rest, entry):
+        h.respond(refusal)
         return
     _dispatch(h, "RETR", path, rest, entry)
 
@@ -476,10 +484,7 @@ def stor(h: ClusterFTPHandler, path: str, kind: str = "STOR") -> None:
     parent = h.fs.lookup(posixpath.dirname(path) or "/")
     refusal = check_upload_target(entry, parent, path)
     if not refusal and rest:
-        if entry is None:
-            refusal = "550 No such file or directory."
-        elif rest > entry.size:
-            refusal = f"554 REST position ({rest}) > file size ({entry.size})."
+        refusal = "550 No such file or directory." if entry is None else rest_refusal(rest, entry)
     if refusal:
         h.respond(refusal)
         return
@@ -532,7 +537,7 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
             slave, why = None, (f"425 Can't open data connection: the PRET'd slave may not serve "
                                 f"this path ({rule}); send PRET with this command and path first.")
     else:
-        slave, why = plan(h, kind, path, offset)
+        slave, why = plan(h, kind, path, offset, entry)
     if slave is None:
         passive.release_route(h, route)
         h.respond(why)
