@@ -70,13 +70,13 @@ class Outbox:
 
 
 def crc_range(fd: int, start: int, end: int | None, buf: memoryview,
-              stop: Callable[[], bool] = lambda: False) -> tuple[int, int]:
-    """(CRC32, bytes read) of fd's bytes [start, end) read in chunks with pread.
+              stop: Callable[[], bool] = lambda: False, crc: int = 0) -> tuple[int, int]:
+    """(CRC32, bytes read) of fd's bytes [start, end) read in chunks with pread, continuing
+    from `crc` (the CRC of the bytes before `start`, when the caller has it).
 
     `end` None means to the end of the file. Raises InterruptedError when `stop()` turns
     true between chunks (an aborted transfer), OSError from the reads.
     """
-    crc = 0
     pos = start
     while end is None or pos < end:
         if stop():

@@ -184,16 +184,14 @@ class _CrcHelper:
                 if self._pos >= self._end:
                     return
                 end = self._end
-            while self._pos < end:
-                try:
-                    n = os.preadv(self._fd, [buf[:min(len(buf), end - self._pos)]], self._pos)
-                except OSError:
-                    n = 0
-                if n == 0:
-                    self._failed = True
-                    return
-                self._crc = zlib.crc32(buf[:n], self._crc)
-                self._pos += n
+            try:
+                self._crc, read = crc_range(self._fd, self._pos, end, buf, crc=self._crc)
+            except OSError:
+                read = -1
+            if read != end - self._pos:
+                self._failed = True
+                return
+            self._pos = end
 
 
 class Kind(enum.Enum):
