@@ -65,11 +65,10 @@ class ClusterServer:
         self.name = name
         self.host = "127.0.0.1"
         self.user, self.password = USER, PASSWORD
-        bp = launcher.free_ports(4)
-        self.port = launcher.free_ports(1)[0]
+        *bp, self.port = launcher.free_ports(5)  # four broker ports and the FTP port, distinct
         self.plan = ClusterPlan(
             data=base, ftp_host=self.host, ftp_port=self.port, slaves=slaves,
-            ports=BrokerPorts(master=bp[0], slave=bp[1], stats_in=bp[2], stats_out=bp[3]),
+            ports=BrokerPorts.of(bp),
             users=(User(USER, hash_password(PASSWORD)),), log_level=log_level,
             master_extra=master_extra or {}, slave_extra=slave_extra or {})
         self.own_addresses = own_addresses

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -109,6 +110,11 @@ class BrokerPorts:
 
     def endpoint(self, which: str) -> str:
         return f"tcp://127.0.0.1:{getattr(self, which)}"
+
+    @classmethod
+    def of(cls, ports: Sequence[int]) -> BrokerPorts:
+        """The first four of `ports` (from free_ports), in field order."""
+        return cls(master=ports[0], slave=ports[1], stats_in=ports[2], stats_out=ports[3])
 
 
 @dataclass(frozen=True)
@@ -328,9 +334,8 @@ def run_local_cluster(port: int = 2121, slaves: int = 3, data: str = "./var",
     from master.users import hash_password
 
     data_dir = Path(data).resolve()
-    b = free_ports(4)
     plan = ClusterPlan(data=data_dir, ftp_host=host, ftp_port=port, slaves=slaves,
-                       ports=BrokerPorts(master=b[0], slave=b[1], stats_in=b[2], stats_out=b[3]),
+                       ports=BrokerPorts.of(free_ports(4)),
                        users=(User(DEMO_USER, hash_password(DEMO_PASSWORD)),))
     paths = write_configs(plan)
     roles = [_Role(name, module, paths[name], plan.log_dir / f"{name}.log")

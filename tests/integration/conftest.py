@@ -105,11 +105,10 @@ class Cluster:
 
     def __init__(self, base: Path, slaves: int = 2, *, master_extra: dict | None = None,
                  slave_extra: dict | None = None, log_level: str = "info") -> None:
-        bp = launcher.free_ports(4)
-        self.ftp_port = launcher.free_ports(1)[0]
+        *bp, self.ftp_port = launcher.free_ports(5)  # four broker ports and the FTP port, distinct
         self.plan = ClusterPlan(
             data=base, ftp_host="127.0.0.1", ftp_port=self.ftp_port, slaves=slaves,
-            ports=BrokerPorts(master=bp[0], slave=bp[1], stats_in=bp[2], stats_out=bp[3]),
+            ports=BrokerPorts.of(bp),
             users=(User(ADMIN_USER, password_hash(ADMIN_PASSWORD)),),
             log_level=log_level, master_extra=master_extra or {}, slave_extra=slave_extra or {})
         paths = launcher.write_configs(self.plan)
