@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -122,27 +123,34 @@ def run(argv: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
 
 # ---------------------------------------------------------------- resume, append, trees
 
+def slave_receiving(cluster, name: str, min_bytes: int) -> Callable[[], bool]:
+    """A predicate: some slave holds a file for upload `name` started after this call (the
+    target or its temp file .ftpc-part.<hex>) with at least `min_bytes` written."""
+    def candidates() -> set[Path]:
+        return {p for n in cluster.slave_names for pattern in (name[1:], ".ftpc-part.*")
+                for p in cluster.slave_root(n).glob(pattern)}
+    earlier = candidates()
+
+    def receiving() -> bool:
+        for p in candidates() - earlier:
+            try:
+                if p.stat().st_size >= min_bytes:
+                    return True
+            except OSError:
+                pass
+        return False
+    return receiving
+
+
 def test_rest_resume_of_an_interrupted_upload(cluster):
     data = os.urandom(8 * 1024 * 1024 + 123)
     name = "/resume-up.bin"  # a new file: a failed overwrite would keep the old one instead
     with cluster.ftp() as ftp:
         # The client dies midway: 3 MiB sent, then the data socket is reset (SO_LINGER 0:
         # RST, no FIN), so the slave cannot mistake it for the end of the file.
-        def candidates() -> list[Path]:  # the target or a slave's temp file (.ftpc-part.<hex>)
-            return [p for n in cluster.slave_names for pattern in (name[1:], ".ftpc-part.*")
-                    for p in cluster.slave_root(n).glob(pattern)]
-        earlier = set(candidates())
+        receiving = slave_receiving(cluster, name, 1024 * 1024)
         with open_data(ftp, f"STOR {name}", "pret") as conn:
             conn.sendall(data[:3 * 1024 * 1024])
-
-            def receiving() -> bool:  # the slave has taken bytes off the socket
-                for p in set(candidates()) - earlier:
-                    try:
-                        if p.stat().st_size >= 1024 * 1024:
-                            return True
-                    except OSError:
-                        pass
-                return False
             wait_for(receiving, 15, "the slave to write the first MiB")
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with pytest.raises(ftplib.error_temp, match=r"^(426|451)"):
@@ -199,10 +207,11 @@ def test_a_failed_overwrite_leaves_the_old_file(cluster, mode):
     with cluster.ftp() as ftp:
         assert upload(ftp, name, original, "active").startswith("226")
         # The overwrite's data connection is reset midway (RST, not a clean end of file).
+        receiving = slave_receiving(cluster, name, 100_000)
         conn = open_data(ftp, f"STOR {name}", mode)
         try:
             conn.sendall(os.urandom(200_000))
-            time.sleep(0.3)
+            wait_for(receiving, 15, "the slave to write the first 100 kB")
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         finally:
             conn.close()

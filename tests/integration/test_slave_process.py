@@ -341,15 +341,19 @@ def test_upload_failing_before_any_byte_keeps_old_file(link: tuple[FakeBroker, S
     assert not [r for r in broker.backlog if getattr(r, "req_id", None) == 0]
 
 
-def _reset_upload(broker: FakeBroker, path: str, data: bytes) -> m.TransferDone:
-    """A passive upload of `data` whose data connection is then reset (RST, not FIN)."""
+def _reset_upload(broker: FakeBroker, root: Path, path: str, data: bytes) -> m.TransferDone:
+    """A passive upload of `data` to top-level `path` whose data connection is reset (RST, not
+    FIN) once the slave has written all of `data` to its temp file under `root`."""
     xfer = broker.ids()
     port = broker.listen(xfer)
     client = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         assert isinstance(broker.request(m.StartReceive, xfer_id=xfer, path=path), m.Started)
         client.sendall(data)
-        time.sleep(0.3)  # let the slave read (and write) what was sent
+        deadline = time.monotonic() + 10
+        while not any(p.stat().st_size >= len(data) for p in root.glob(".ftpc-part.*")):
+            assert time.monotonic() < deadline, "the slave did not write what was sent"
+            time.sleep(0.01)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     finally:
         client.close()
@@ -359,7 +363,7 @@ def _reset_upload(broker: FakeBroker, path: str, data: bytes) -> m.TransferDone:
 def test_failed_overwrite_keeps_old_file(link: tuple[FakeBroker, SlaveProc]) -> None:
     broker, slave = link
     (slave.root / "keep").write_bytes(b"old content")
-    done = _reset_upload(broker, "/keep", b"new bytes that never finish")
+    done = _reset_upload(broker, slave.root, "/keep", b"new bytes that never finish")
     assert not done.ok and done.kept_old and done.errno != 0
     assert done.bytes == len(b"new bytes that never finish")
     assert (done.size, done.crc32) == (len(b"old content"), None)
@@ -369,7 +373,7 @@ def test_failed_overwrite_keeps_old_file(link: tuple[FakeBroker, SlaveProc]) -> 
 
 def test_failed_new_upload_keeps_partial_under_its_name(link: tuple[FakeBroker, SlaveProc]) -> None:
     broker, slave = link
-    done = _reset_upload(broker, "/fresh", b"partial")
+    done = _reset_upload(broker, slave.root, "/fresh", b"partial")
     assert not done.ok and not done.kept_old and done.bytes == 7
     assert (done.size, done.crc32) == (7, zlib.crc32(b"partial"))
     assert (slave.root / "fresh").read_bytes() == b"partial"  # REST can resume it
