@@ -199,6 +199,7 @@ class Transfer:
         """Upload size announced by ALLO, reserved on the slave for placement."""
         self._relay_result: tuple[bool, str] | None = None
         self._replied = False
+        self._announced = False
         self._reported = 0
         """Bytes the slave last reported moving (TransferProgress)."""
         self._unrecorded = False
@@ -234,6 +235,10 @@ class Transfer:
             cluster.link.request(self.slave, listen, self._on_listening)
         else:
             self._send_start(connect_to)
+            # 150 at once, not on Started: waiting would add a master-slave round trip to
+            # every transfer (an upload's client sends nothing before it). A slave that
+            # then refuses gets its 4xx/5xx after the 150, as RFC 959 allows.
+            self._announce()
 
     def _on_listening(self, reply: Any) -> None:
         if self.state is not State.PREPARING:
@@ -270,15 +275,21 @@ class Transfer:
             self._fail_before_start(reply)
             return
         self.state = State.STARTED
-        session = self._live_session()
-        if session is not None:
-            if self.kind == "STOU":
-                session.respond(f"150 FILE: {posixpath.basename(self.path)}")
-            else:
-                session.respond("150 File status okay. About to open data connection.")
-            session.end_deferred()
+        self._announce()
         if self.relay is not None:
             self.relay.slave_started(self._on_relay_finished)
+
+    def _announce(self) -> None:
+        """The 150 preliminary reply (once), after which the session takes commands again."""
+        session = self._live_session()
+        if session is None or self._announced:
+            return
+        self._announced = True
+        if self.kind == "STOU":
+            session.respond(f"150 FILE: {posixpath.basename(self.path)}")
+        else:
+            session.respond("150 File status okay. About to open data connection.")
+        session.end_deferred()
 
     def _fail_before_start(self, reply: Any) -> None:
         self.state = State.DONE

@@ -58,10 +58,10 @@ def test_wrong_password_logins_do_not_stall_other_sessions(master: Master) -> No
 
 
 def test_too_many_pipelined_commands_close_the_session(master: Master, broker: FakeBroker) -> None:
-    ftp = master.client()  # no StartReceive responder: the STOR's reply stays owed
+    ftp = master.client()  # no Listen responder: the PASV's reply stays owed
     wait_online(ftp)
-    ftp.sendcmd("PORT 127,0,0,1,200,10")
-    ftp.sock.sendall(b"STOR /slow.bin\r\n" + b"NOOP\r\n" * 70)
+    assert ftp.sendcmd("PRET STOR /slow.bin").startswith("200")
+    ftp.sock.sendall(b"PASV\r\n" + b"NOOP\r\n" * 70)
     f = ftp.sock.makefile("rb")
     lines = []
     while line := f.readline():

@@ -347,3 +347,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed and _ACTIVE:
         for c in _ACTIVE:
             report.sections.append((f"cluster logs ({c.plan.data})", c.logs()))
+
+
+def slave_receiving(cluster, name: str, min_bytes: int) -> Callable[[], bool]:
+    """A predicate: some slave holds a file for upload `name` started after this call (the
+    target or its temp file .ftpc-part.<hex>) with at least `min_bytes` written."""
+    def candidates() -> set[Path]:
+        return {p for n in cluster.slave_names for pattern in (name[1:], ".ftpc-part.*")
+                for p in cluster.slave_root(n).glob(pattern)}
+    earlier = candidates()
+
+    def receiving() -> bool:
+        for p in candidates() - earlier:
+            try:
+                if p.stat().st_size >= min_bytes:
+                    return True
+            except OSError:
+                pass
+        return False
+    return receiving

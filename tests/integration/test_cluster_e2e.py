@@ -19,15 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.integration.conftest import (
-    ADMIN_PASSWORD, ADMIN_USER, Cluster, download, open_data, random_file, sha256_file, upload,
-    wait_for,
+    ADMIN_PASSWORD, ADMIN_USER, Cluster, download, open_data, random_file, sha256_file,
+    slave_receiving, upload, wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -122,25 +121,6 @@ def run(argv: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------- resume, append, trees
-
-def slave_receiving(cluster, name: str, min_bytes: int) -> Callable[[], bool]:
-    """A predicate: some slave holds a file for upload `name` started after this call (the
-    target or its temp file .ftpc-part.<hex>) with at least `min_bytes` written."""
-    def candidates() -> set[Path]:
-        return {p for n in cluster.slave_names for pattern in (name[1:], ".ftpc-part.*")
-                for p in cluster.slave_root(n).glob(pattern)}
-    earlier = candidates()
-
-    def receiving() -> bool:
-        for p in candidates() - earlier:
-            try:
-                if p.stat().st_size >= min_bytes:
-                    return True
-            except OSError:
-                pass
-        return False
-    return receiving
-
 
 def test_rest_resume_of_an_interrupted_upload(cluster):
     data = os.urandom(8 * 1024 * 1024 + 123)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ADMIN_PASSWORD, ADMIN_USER, password_hash, wait_for
+from tests.integration.conftest import (ADMIN_PASSWORD, ADMIN_USER, password_hash, slave_receiving,
+                                        wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -185,8 +186,10 @@ def test_slave_sigterm_finishes_its_upload_refuses_new_ones_and_says_bye(cluster
     with c.ftp() as ftp, c.ftp() as other:
         ftp.set_pasv(True)
         ftp.sendcmd("PRET STOR /during.bin")
+        receiving = slave_receiving(c, "/during.bin", 50_000)
         conn = ftp.transfercmd("STOR /during.bin")
         conn.sendall(b"a" * 50_000)
+        wait_for(receiving, 10, "the slave to receive the first bytes")
         c.roles["slave1"].signal(signal.SIGTERM)
         wait_for(lambda: "stopping: refusing new transfers" in c.roles["slave1"].log.read_text(), 10,
                  "the slave to start draining")
