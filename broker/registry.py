@@ -17,7 +17,7 @@ Nothing here trusts the network: unexpected messages get `Disconnect` or are ign
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from common import messages as m
@@ -54,11 +54,12 @@ class SlaveRecord:
     last_seen: float
     last_sent: float
     started_ns: int = 0
+    passive_pool: list[int] = field(default_factory=list)
 
     def slave_up(self) -> m.SlaveUp:
         return m.SlaveUp(name=self.name, incarnation=self.incarnation, data_host=self.data_host,
                          max_transfers=self.max_transfers, disk_total=self.disk_total,
-                         disk_free=self.disk_free)
+                         disk_free=self.disk_free, passive_pool=self.passive_pool)
 
     def slave_down(self, reason: str) -> m.SlaveDown:
         return m.SlaveDown(name=self.name, incarnation=self.incarnation, reason=reason)
@@ -157,7 +158,8 @@ class Registry:
             name=hello.name, incarnation=hello.incarnation, routing_id=routing_id,
             data_host=hello.data_host, max_transfers=hello.max_transfers,
             disk_total=hello.disk_total, disk_free=hello.disk_free, last_seen=now,
-            last_sent=old.last_sent if old is not None else now, started_ns=hello.started_ns)
+            last_sent=old.last_sent if old is not None else now, started_ns=hello.started_ns,
+            passive_pool=list(hello.passive_pool))
         self.slaves[hello.name] = record
         self._names[routing_id] = hello.name
         self._send_slave(routing_id, m.Welcome(heartbeat_ms=self.heartbeat_ms, liveness=self.liveness),

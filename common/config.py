@@ -73,6 +73,10 @@ class SlaveSection(_Section, frozen=True):
     """Address clients are told in 227 replies; empty means data_bind."""
     passive_ports: tuple[Port, Port] | None = None
     """Inclusive port range for passive listeners; None lets the kernel choose."""
+    passive_pool: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 32
+    """Passive listeners opened at start and lent by the master one transfer at a time, so
+    a PASV after PRET is answered without asking the slave (0: open one per PASV). With
+    passive_ports set, at most half of that range is pooled."""
     max_transfers: Positive = 256
     stats_interval_ms: Positive = 2000
     fsync: bool = True

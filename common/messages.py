@@ -58,7 +58,8 @@ class StartSend(Message, frozen=True):
     """Send file `path` from `offset` over the data connection (RETR).
 
     `connect_to` set: active mode, the slave connects to that address.
-    `connect_to` None: use the listener opened by Listen for the same xfer_id.
+    `pool_port` set: accept the connection from `allowed_ip` on that pooled listener.
+    Neither: use the listener opened by Listen for the same xfer_id.
     """
 
     req_id: int
@@ -66,6 +67,8 @@ class StartSend(Message, frozen=True):
     path: str
     offset: int = 0
     connect_to: tuple[str, int] | None = None
+    pool_port: int = 0
+    allowed_ip: str = ""
 
 
 class StartReceive(Message, frozen=True):
@@ -81,6 +84,17 @@ class StartReceive(Message, frozen=True):
     offset: int = 0
     append: bool = False
     connect_to: tuple[str, int] | None = None
+    pool_port: int = 0
+    """As in StartSend."""
+    allowed_ip: str = ""
+
+
+class ClearPort(Message, frozen=True):
+    """Close every connection waiting on pooled listener `port`: the master gave up the PASV
+    route it had lent the port to, and lends the port again only after the OpResult."""
+
+    req_id: int
+    port: int
 
 
 class Abort(Message, frozen=True):
@@ -155,7 +169,7 @@ class InventoryRequest(Message, frozen=True):
 
 
 SlaveCommand = Union[
-    Listen, StartSend, StartReceive, Abort, DoneAck, Delete, Rename, MakeDir, RemoveDir,
+    Listen, StartSend, StartReceive, ClearPort, Abort, DoneAck, Delete, Rename, MakeDir, RemoveDir,
     Checksum, InventoryRequest,
 ]
 
@@ -260,12 +274,14 @@ class Hello(Message, frozen=True, kw_only=True):
     started_ns: int = 0
     """time.time_ns() at process start: of two incarnations of one name, the one with the
     greater (started_ns, incarnation) is registered and the other is told "superseded"."""
+    passive_pool: list[int] = []
+    """Ports of the pooled passive listeners this incarnation keeps open (see ClearPort)."""
 
 
 SlaveToBroker = Union[Hello, Heartbeat, Bye, OpResult, Listening, Started, TransferDone,
                       InventoryPage, ChecksumResult, TransferProgress]
-BrokerToSlave = Union[Welcome, Heartbeat, Disconnect, Listen, StartSend, StartReceive, Abort,
-                      DoneAck, Delete, Rename, MakeDir, RemoveDir, Checksum, InventoryRequest]
+BrokerToSlave = Union[Welcome, Heartbeat, Disconnect, Listen, StartSend, StartReceive, ClearPort,
+                      Abort, DoneAck, Delete, Rename, MakeDir, RemoveDir, Checksum, InventoryRequest]
 
 
 # ---------------------------------------------------------------- master <-> broker
@@ -289,6 +305,7 @@ class SlaveUp(Message, frozen=True):
     max_transfers: int
     disk_total: int = 0
     disk_free: int = 0
+    passive_pool: list[int] = []
 
 
 class SlaveDown(Message, frozen=True):

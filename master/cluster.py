@@ -18,6 +18,7 @@ Load figures given to placement (`SlaveLoad`):
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 
 from common.messages import SlaveStats, SlaveUp
@@ -30,6 +31,15 @@ class SlaveState(enum.Enum):
     OFFLINE = "offline"
     MERGING = "merging"
     ONLINE = "online"
+
+
+@dataclass(frozen=True, slots=True)
+class LentPort:
+    """One of a slave incarnation's pooled passive ports, lent to one PASV route."""
+
+    slave: str
+    incarnation: str
+    port: int
 
 
 @dataclass(slots=True)
@@ -52,6 +62,11 @@ class SlaveInfo:
     """This incarnation's inventory merge has finished (survives going offline and back)."""
     started_since_stats: int = 0
     """Transfers dispatched since the last stats (reset by the next stats)."""
+    pool: frozenset[int] = frozenset()
+    """This incarnation's pooled passive ports (SlaveUp)."""
+    free_ports: deque[int] = field(default_factory=deque)
+    """Pooled ports not lent, least recently returned first (a port just given back, to
+    which a late client connection might still come, is lent last)."""
 
     def load(self, now: float) -> SlaveLoad:
         """This slave's figures for placement (rules in the module docstring)."""
@@ -94,7 +109,8 @@ class SlaveRegistry:
         if info is None or info.incarnation != msg.incarnation:
             info = SlaveInfo(name=msg.name, state=SlaveState.MERGING, incarnation=msg.incarnation,
                              data_host=msg.data_host, max_transfers=msg.max_transfers,
-                             disk_total=msg.disk_total, disk_free=msg.disk_free)
+                             disk_total=msg.disk_total, disk_free=msg.disk_free,
+                             pool=frozenset(msg.passive_pool), free_ports=deque(msg.passive_pool))
             self.slaves[msg.name] = info
             return info, True
         info.data_host = msg.data_host
@@ -172,6 +188,21 @@ class SlaveRegistry:
         info = self.slaves.get(name)
         if info is not None and info.dispatched > 0:
             info.dispatched -= 1
+
+    def lend_port(self, name: str) -> LentPort | None:
+        """A free pooled passive port of online slave `name`, or None (none free, or no pool)."""
+        info = self.slaves.get(name)
+        if info is None or info.state is not SlaveState.ONLINE or not info.free_ports:
+            return None
+        return LentPort(name, info.incarnation, info.free_ports.popleft())
+
+    def return_port(self, lent: LentPort) -> None:
+        """`lent` may be lent again; ignored if its incarnation is gone or it is free already."""
+        info = self.slaves.get(lent.slave)
+        if (info is None or info.incarnation != lent.incarnation or lent.port not in info.pool
+                or lent.port in info.free_ports):
+            return
+        info.free_ports.append(lent.port)
 
     def is_online(self, name: str) -> bool:
         info = self.slaves.get(name)

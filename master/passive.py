@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 
 from common import messages as m
+from master.cluster import LentPort
 
 if TYPE_CHECKING:
-    from master.handler import ClusterFTPHandler
+    from master.handler import Cluster, ClusterFTPHandler
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Route:
     slave: str | None = None
     """PRET+PASV: the slave listening for the client."""
     xfer_id: int | None = None
+    lent: LentPort | None = None
+    """PRET+PASV on a pooled listener of the slave (else one opened by Listen)."""
 
 
 @dataclass(slots=True)
@@ -49,6 +52,8 @@ class SlaveListener:
     xfer_id: int
     extmode: bool
     port: int = 0
+    lent: LentPort | None = None
+    """A pooled listener lent by the registry: no Listen was sent, the 227 went out at once."""
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -193,14 +198,21 @@ def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
             h.respond("425 EPSV cannot reach the storage slave from here: use PASV after PRET, "
                       "or PORT/EPRT.")
         return
+    lent = h.cluster.registry.lend_port(slave)
+    if lent is not None:
+        # The slave keeps this listener open: no Listen round trip, the route (and the
+        # client's address) reaches the slave with the transfer's start.
+        h.slave_listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode, lent.port, lent)
+        h.respond(pasv_reply(data_host, lent.port, extmode))
+        return
     listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode)
     h.pending_listen = listener
     h.begin_deferred()
-    cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=_client_ip(h))
+    cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=client_ip(h))
     h.cluster.link.request(slave, cmd, functools.partial(_on_listening, h, listener))
 
 
-def _client_ip(h: ClusterFTPHandler) -> str:
+def client_ip(h: ClusterFTPHandler) -> str:
     ip = str(h.remote_ip)
     return ip[7:] if ip.startswith("::ffff:") else ip
 
@@ -253,9 +265,27 @@ def drop_stored_route(h: ClusterFTPHandler) -> bool:
     h.port_addr = None
     listener, h.slave_listener = h.slave_listener, None
     if listener is not None:
-        h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+        if listener.lent is not None:
+            give_back_port(h.cluster, listener.lent, clear=True)
+        else:
+            h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
     h.park_data_socket(None)
     return dropped
+
+
+def give_back_port(cluster: Cluster, lent: LentPort, clear: bool) -> None:
+    """Return a lent pooled port to the registry. `clear`: the client may have connected to
+    it without a transfer taking the connection, so the slave closes what waits there
+    first (ClearPort) and the port is lent again only once it has."""
+    if not clear:
+        cluster.registry.return_port(lent)
+        return
+
+    def cleared(reply: Any) -> None:
+        if isinstance(reply, m.OpResult) and reply.ok:
+            cluster.registry.return_port(lent)
+
+    cluster.link.request(lent.slave, m.ClearPort(req_id=0, port=lent.port), cleared)
 
 
 def clear_route(h: ClusterFTPHandler) -> None:
@@ -272,7 +302,7 @@ def take_route(h: ClusterFTPHandler) -> Route | str:
     """Consume the session's data route for RETR/STOR/APPE/STOU, or the reply if none."""
     if h.slave_listener is not None:
         listener, h.slave_listener = h.slave_listener, None
-        return Route("slave", slave=listener.slave, xfer_id=listener.xfer_id)
+        return Route("slave", slave=listener.slave, xfer_id=listener.xfer_id, lent=listener.lent)
     if h.port_addr is not None:
         addr, h.port_addr = h.port_addr, None
         return Route("port", addr=addr)
@@ -285,7 +315,9 @@ def take_route(h: ClusterFTPHandler) -> Route | str:
 
 def release_route(h: ClusterFTPHandler, route: Route) -> None:
     """A route taken but not used (the command failed): let its listener or socket go."""
-    if route.kind == "slave" and route.slave is not None and route.xfer_id is not None:
+    if route.kind == "slave" and route.lent is not None:
+        give_back_port(h.cluster, route.lent, clear=True)
+    elif route.kind == "slave" and route.slave is not None and route.xfer_id is not None:
         h.cluster.link.notify(route.slave, m.Abort(req_id=0, xfer_id=route.xfer_id))
     elif route.kind == "relay":
         h._shutdown_connecting_dtp()

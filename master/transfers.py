@@ -20,6 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
+from master import passive
+from master.cluster import LentPort
 from master.fs import reserved_name
 from master.link import RequestFailed
 from master.placement import Selection
@@ -179,6 +181,10 @@ class Transfer:
     old_holders: frozenset[str] | None = None
     """A plain STOR over an existing file: the slaves holding the old content. A failed
     overwrite records nothing (the old file stays, DESIGN-NOTES)."""
+    lent: LentPort | None = None
+    """The slave's pooled listener the client connects to (PRET+PASV), until given back."""
+    allowed_ip = ""
+    """With `lent`: the only address the slave accepts the data connection from."""
 
     def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
                  xfer_id: int, offset: int = 0, relay: Relay | None = None) -> None:
@@ -260,12 +266,14 @@ class Transfer:
 
     def _send_start(self, connect_to: tuple[str, int] | None) -> None:
         cmd: m.SlaveCommand
+        port = self.lent.port if self.lent is not None else 0
         if self.is_upload:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
-                                 append=self.kind == "APPE", connect_to=connect_to)
+                                 append=self.kind == "APPE", connect_to=connect_to,
+                                 pool_port=port, allowed_ip=self.allowed_ip)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
-                              connect_to=connect_to)
+                              connect_to=connect_to, pool_port=port, allowed_ip=self.allowed_ip)
         self.cluster.link.request(self.slave, cmd, self._on_started)
 
     def _on_started(self, reply: Any) -> None:
@@ -295,6 +303,8 @@ class Transfer:
         self.state = State.DONE
         self.cluster.link.unwatch(self.xfer_id)
         self._finish_count()
+        # A refusal (OpResult) comes after the slave emptied the port's queue.
+        self._give_back_port(clear=not isinstance(reply, m.OpResult))
         if isinstance(reply, RequestFailed):
             if reply.reason == "timeout":
                 # The slave may still act on the command: make sure it lets go.
@@ -322,6 +332,7 @@ class Transfer:
             return True
         self._done = msg
         self._finish_count()
+        self._give_back_port(clear=False)  # the slave empties the port's queue before TransferDone
         if self.is_upload:
             self._unrecorded = not self._record_upload(msg)
             if self._unrecorded:  # stop waiting for re-sends after a while (then acked unknown)
@@ -371,6 +382,7 @@ class Transfer:
             return
         self.state = State.DONE
         self._finish_count()
+        self._give_back_port(clear=True)
         if self.relay is not None:
             self.relay.abort()
         if self.is_upload:
@@ -406,6 +418,11 @@ class Transfer:
         session.respond(text)
         session.log_cmd(self.kind, self.path, int(text[:3]), text[4:])
         session.detach_transfer()
+
+    def _give_back_port(self, clear: bool) -> None:
+        lent, self.lent = self.lent, None
+        if lent is not None:
+            passive.give_back_port(self.cluster, lent, clear)
 
     def _finish_count(self) -> None:
         if self._counted:
@@ -525,7 +542,6 @@ def stou(h: ClusterFTPHandler, arg: str) -> None:
 
 
 def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: Entry | None) -> None:
-    from master import passive
     from master.relay import Relay
 
     route = passive.take_route(h)
@@ -568,6 +584,8 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    if route.lent is not None:
+        transfer.lent, transfer.allowed_ip = route.lent, passive.client_ip(h)
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:
         transfer.old_holders = frozenset(entry.slaves)
     if kind in UPLOADS:

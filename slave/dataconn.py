@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import itertools
+import select
 import socket
 import struct
 import time
@@ -21,6 +22,9 @@ from typing import Callable
 RCVBUF_BYTES = 4 * 1024 * 1024
 """Requested SO_RCVBUF for upload sockets (the kernel caps it at net.core.rmem_max)."""
 LISTEN_BACKLOG = 8
+CANCEL_POLL_S = 0.2
+"""A worker waiting on a pooled listener (which Abort must not shut down, other transfers
+use it later) re-checks for an abort this often."""
 
 
 class DataTimeout(TimeoutError):
@@ -102,18 +106,22 @@ def _normal_ip(ip: str) -> str:
 
 
 def accept_from(listener: socket.socket, allowed_ip: str, deadline: float,
-                on_refused: Callable[[str], None] | None = None) -> socket.socket:
+                on_refused: Callable[[str], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> socket.socket:
     """Accept the first connection from `allowed_ip` before `deadline` (monotonic seconds).
 
     Connections from any other address are closed and waiting goes on. Raises
-    DataTimeout, or OSError when the listener is shut down (Abort).
+    DataTimeout, or OSError when the listener is shut down (Abort) or `cancelled()` is true
+    (checked every CANCEL_POLL_S).
     """
     want = _normal_ip(allowed_ip)
     while True:
+        if cancelled is not None and cancelled():
+            raise OSError(errno.ECONNABORTED, "aborted")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DataTimeout(errno.ETIMEDOUT, "no data connection from the client in time")
-        set_timeout(listener, remaining)
+        set_timeout(listener, remaining if cancelled is None else min(remaining, CANCEL_POLL_S))
         try:
             conn, peer = listener.accept()
         except OSError as exc:
@@ -125,6 +133,21 @@ def accept_from(listener: socket.socket, allowed_ip: str, deadline: float,
         if on_refused is not None:
             on_refused(peer[0])
         conn.close()
+
+
+def drain_backlog(listener: socket.socket) -> int:
+    """Close every connection waiting in `listener`'s accept queue; returns how many."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    closed = 0
+    while poller.poll(0):
+        try:
+            conn, _peer = listener.accept()
+        except OSError:
+            break
+        conn.close()
+        closed += 1
+    return closed
 
 
 def connect_socket(bind_host: str, for_upload: bool) -> socket.socket:

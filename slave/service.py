@@ -72,6 +72,8 @@ class SlaveService:
         self.outbox = Outbox()
         self.jobs = JobPool(self.outbox)
         self.transfers = TransferManager(self.storage, self.cfg, self.outbox)
+        pool = self.transfers.open_pool()
+        log.info("%d pooled passive listeners on %s", len(pool), self.cfg.data_bind)
         self.stats = StatsSampler(self.cfg.name, self.incarnation, str(self.storage.root))
         self.ctx = zmqsock.new_context()
         self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint)
@@ -127,7 +129,8 @@ class SlaveService:
         return self.send(m.Hello(
             name=self.cfg.name, incarnation=self.incarnation, version=_version(),
             data_host=self.data_host, max_transfers=self.cfg.max_transfers,
-            disk_total=total, disk_free=free, started_ns=self.started_ns))
+            disk_total=total, disk_free=free, started_ns=self.started_ns,
+            passive_pool=sorted(self.transfers.pooled)))
 
     def error(self, req_id: int, exc: OSError) -> None:
         if req_id:  # req_id 0 marks a notification (master's link.notify): nobody waits
@@ -303,6 +306,8 @@ class SlaveService:
                 self.on_listen(msg)
             case m.StartSend() | m.StartReceive():
                 self.on_start(msg)
+            case m.ClearPort(req_id=req_id, port=port):
+                self.op(req_id, self.transfers.clear_port, port)
             case m.Abort(req_id=req_id, xfer_id=xfer_id):
                 if self.transfers.abort(xfer_id):
                     log.info("xfer %d: aborted", xfer_id)
@@ -328,7 +333,7 @@ class SlaveService:
             case _:
                 assert_never(msg)
 
-    def op(self, req_id: int, func: Callable[..., None], *args: str) -> None:
+    def op(self, req_id: int, func: Callable[..., None], *args: str | int) -> None:
         try:
             func(*args)
         except OSError as exc:
@@ -352,6 +357,7 @@ class SlaveService:
 
     def on_start(self, msg: m.StartSend | m.StartReceive) -> None:
         if self.draining:
+            self.transfers.refused(msg)
             self.error(msg.req_id, OSError(errno.ESHUTDOWN, "slave is stopping"))
             return
         try:

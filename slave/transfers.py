@@ -205,12 +205,17 @@ class Aborted(OSError):
 
 
 class Listener:
-    """A passive listener not yet claimed by a StartSend/StartReceive."""
+    """A passive listener for one transfer: opened by Listen (closed once the connection is
+    accepted, or when nobody claims it), or a pooled one lent for the transfer."""
 
-    def __init__(self, sock: socket.socket, allowed_ip: str, expires: float) -> None:
+    def __init__(self, sock: socket.socket, allowed_ip: str, expires: float,
+                 pooled: bool = False) -> None:
         self.sock = sock
         self.allowed_ip = allowed_ip
         self.expires = expires
+        self.pooled = pooled
+        """Pooled: other transfers use it later, so the transfer never closes or shuts it
+        down; it empties the accept queue when it ends instead."""
 
 
 class Transfer:
@@ -230,10 +235,12 @@ class Transfer:
         self.listener = listener
         self.connect_to = connect_to
         self.bytes = 0
+        self.pool_port = 0
+        """The pooled listener's port when the transfer borrowed one."""
         self.aborted = False
         self.ended = threading.Event()
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = [listener.sock] if listener else []
+        self._sockets: list[socket.socket] = [listener.sock] if listener and not listener.pooled else []
 
     def adopt(self, sock: socket.socket) -> None:
         """Register a new socket so abort() can reach it; raises Aborted if too late."""
@@ -282,6 +289,10 @@ class TransferManager:
         self.outbox = outbox
         self.ports = dataconn.PortAllocator(config.passive_ports)
         self.listeners: dict[int, Listener] = {}
+        self.pooled: dict[int, socket.socket] = {}
+        """Pooled passive listeners by port (open_pool), open for the slave's lifetime."""
+        self.pool_busy: dict[int, int] = {}
+        """Pooled port -> the transfer it is lent to, until that transfer's result is taken."""
         self.transfers: dict[int, Transfer] = {}
         self.ended: dict[int, threading.Event] = {}
         """Set by the worker once the transfer's descriptors are closed and its result posted."""
@@ -300,6 +311,39 @@ class TransferManager:
 
     # ------------------------------------------------------------ commands (main loop)
 
+    def open_pool(self) -> list[int]:
+        """Open the pooled passive listeners (config passive_pool, at most half of
+        passive_ports); returns their ports, which the master lends to PASV routes."""
+        count = self.config.passive_pool
+        if self.config.passive_ports is not None:
+            first, last = self.config.passive_ports
+            count = min(count, (last - first + 1) // 2)
+        while len(self.pooled) < count:
+            try:
+                sock = self.ports.open_listener(self.config.data_bind)
+            except OSError as exc:
+                log.warning("passive pool: %d of %d listeners opened (%s)", len(self.pooled), count, exc)
+                break
+            self.pooled[int(sock.getsockname()[1])] = sock
+        return sorted(self.pooled)
+
+    def clear_port(self, port: int) -> None:
+        """Close the connections waiting on pooled listener `port`. Raises OSError if there
+        is no such listener or a running transfer has it."""
+        sock = self.pooled.get(port)
+        if sock is None:
+            raise OSError(errno.ENOENT, f"no pooled listener on port {port}")
+        if port in self.pool_busy:
+            raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
+        if dropped := dataconn.drain_backlog(sock):
+            log.info("pooled port %d: closed %d connection(s) nobody claimed", port, dropped)
+
+    def refused(self, msg: m.StartSend | m.StartReceive) -> None:
+        """A start refused: a client connection already waiting on its pooled port goes."""
+        if msg.pool_port:
+            with contextlib.suppress(OSError):
+                self.clear_port(msg.pool_port)
+
     def listen(self, xfer_id: int, allowed_ip: str, now: float) -> int:
         """Open a passive listener; returns its port. Raises OSError."""
         if xfer_id in self.listeners:
@@ -311,26 +355,29 @@ class TransferManager:
 
     def start_send(self, msg: m.StartSend) -> None:
         """Open the file and start the worker; raises OSError (nothing is left open)."""
-        with self._drop_listener_on_error(msg.xfer_id):
+        with self._drop_listener_on_error(msg):
             self._start_send(msg)
 
     def start_receive(self, msg: m.StartReceive) -> None:
         """Open (or create) the target and start the worker; raises OSError."""
-        with self._drop_listener_on_error(msg.xfer_id):
+        with self._drop_listener_on_error(msg):
             self._start_receive(msg)
 
     @contextlib.contextmanager
-    def _drop_listener_on_error(self, xfer_id: int) -> Iterator[None]:
-        """A refused start ends the transfer: its passive listener is closed too."""
+    def _drop_listener_on_error(self, msg: m.StartSend | m.StartReceive) -> Iterator[None]:
+        """A refused start ends the transfer: its passive listener is closed (a pooled one
+        emptied) too."""
         try:
             yield
         except OSError:
-            if xfer_id not in self.transfers and (listener := self.listeners.pop(xfer_id, None)):
-                listener.sock.close()
+            if msg.xfer_id not in self.transfers:
+                if listener := self.listeners.pop(msg.xfer_id, None):
+                    listener.sock.close()
+                self.refused(msg)
             raise
 
     def _start_send(self, msg: m.StartSend) -> None:
-        self._need_listener(msg.xfer_id, msg.connect_to)
+        self._need_listener(msg)
         real = self.storage.real(msg.path, allow_root=False)
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -342,10 +389,10 @@ class TransferManager:
         except BaseException:
             os.close(fd)
             raise
-        self._launch(msg.xfer_id, Kind.SEND, fd, msg.offset, real, None, msg.connect_to)
+        self._launch(msg, Kind.SEND, fd, msg.offset, real, None)
 
     def _start_receive(self, msg: m.StartReceive) -> None:
-        self._need_listener(msg.xfer_id, msg.connect_to)
+        self._need_listener(msg)
         real = self.storage.real(msg.path, allow_root=False)
         self.storage.ensure_parent(real)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # RDWR: CRC of the prefix
@@ -374,7 +421,7 @@ class TransferManager:
             if temp is not None:
                 temp.unlink(missing_ok=True)
             raise
-        self._launch(msg.xfer_id, Kind.RECEIVE, fd, start, real, temp, msg.connect_to, overwrite)
+        self._launch(msg, Kind.RECEIVE, fd, start, real, temp, overwrite)
 
     def abort(self, xfer_id: int) -> bool:
         """Stop a transfer or close a listener; True if there was something to stop."""
@@ -388,7 +435,9 @@ class TransferManager:
 
     def finished(self, xfer_id: int) -> None:
         """The main loop took this transfer's TransferDone out of the outbox."""
-        self.transfers.pop(xfer_id, None)
+        transfer = self.transfers.pop(xfer_id, None)
+        if transfer is not None and transfer.pool_port:
+            self.pool_busy.pop(transfer.pool_port, None)
         if (ended := self.ended.pop(xfer_id, None)) is not None:
             ended.wait(1.0)
 
@@ -409,30 +458,48 @@ class TransferManager:
         for ended in list(self.ended.values()):
             ended.wait(max(0.0, deadline - time.monotonic()))
         self.pool.close()
+        for sock in self.pooled.values():
+            sock.close()
+        self.pooled.clear()
 
     # ------------------------------------------------------------ internals
 
-    def _need_listener(self, xfer_id: int, connect_to: tuple[str, int] | None) -> None:
+    def _need_listener(self, msg: m.StartSend | m.StartReceive) -> None:
+        xfer_id, connect_to, port = msg.xfer_id, msg.connect_to, msg.pool_port
         if xfer_id in self.transfers:
             raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
+        if port:
+            if port not in self.pooled:
+                raise OSError(errno.ENOTCONN, f"no pooled listener on port {port}")
+            if port in self.pool_busy:
+                raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
+            if connect_to is not None or not msg.allowed_ip:
+                raise OSError(errno.EINVAL, "a pooled port needs allowed_ip and no connect_to")
+            self._check_capacity(xfer_id)
+            return
         if connect_to is None and xfer_id not in self.listeners:
             raise OSError(errno.ENOTCONN, f"no passive listener for transfer {xfer_id}")
         if connect_to is not None and xfer_id not in self.listeners:
             self._check_capacity(xfer_id)
 
-    def _launch(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
-                temp: Path | None, connect_to: tuple[str, int] | None,
-                overwrite: bool = False) -> None:
+    def _launch(self, msg: m.StartSend | m.StartReceive, kind: Kind, fd: int, start: int,
+                real: Path, temp: Path | None, overwrite: bool = False) -> None:
+        xfer_id, connect_to, port = msg.xfer_id, msg.connect_to, msg.pool_port
         listener = self.listeners.pop(xfer_id, None)
-        if connect_to is not None and listener is not None:
-            listener.sock.close()  # active mode wins over a stale PRET listener
+        if (connect_to is not None or port) and listener is not None:
+            listener.sock.close()  # active mode or a pooled port wins over a stale PRET listener
             listener = None
+        if port:
+            listener = Listener(self.pooled[port], msg.allowed_ip, 0.0, pooled=True)
+            self.pool_busy[port] = xfer_id
         transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite)
+        transfer.pool_port = port
         self.transfers[xfer_id] = transfer
         self.ended[xfer_id] = transfer.ended
         try:
             self.pool.submit(transfer)
         except RuntimeError as exc:
+            self.pool_busy.pop(port, None)
             del self.transfers[xfer_id], self.ended[xfer_id]
             transfer.close_all()
             if temp is not None:
@@ -457,6 +524,11 @@ class TransferManager:
                 t.close_all()
             except OSError:
                 pass
+            if t.listener is not None and t.listener.pooled:
+                # A connection that arrived after ours (a client retrying) must not become
+                # the next transfer's; the master lends the port again after TransferDone.
+                with contextlib.suppress(OSError):
+                    dataconn.drain_backlog(t.listener.sock)
         self.outbox.put(done)
         t.ended.set()
 
@@ -465,12 +537,15 @@ class TransferManager:
         timeout = float(self.config.data_timeout)
         upload = t.kind is Kind.RECEIVE
         if t.listener is not None:
+            pooled = t.listener.pooled
             conn = dataconn.accept_from(
                 t.listener.sock, t.listener.allowed_ip, time.monotonic() + timeout,
                 on_refused=lambda ip: log.warning("xfer %d: refused data connection from %s",
-                                                  t.xfer_id, ip))
+                                                  t.xfer_id, ip),
+                cancelled=(lambda: t.aborted) if pooled else None)
             t.adopt(conn)
-            t.close_socket(t.listener.sock)
+            if not pooled:
+                t.close_socket(t.listener.sock)
         else:
             assert t.connect_to is not None
             conn = dataconn.connect_socket(self.config.data_bind, upload)

@@ -44,6 +44,7 @@ class FakeBroker:
         self.sub.bind("tcp://127.0.0.1:0")
         self.stats_endpoint = self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.ident: bytes | None = None
+        self.hello: m.Hello | None = None
         self.backlog: list[m.Message] = []
         self.next_id = 1000
         self.last_hb = 0.0
@@ -87,7 +88,7 @@ class FakeBroker:
         ident, *frames = self.router.recv_multipart()
         msg = wire.decode(frames, wire.SLAVE_TO_BROKER)
         if isinstance(msg, m.Hello):
-            self.ident = ident
+            self.ident, self.hello = ident, msg
         return msg
 
     def expect(self, kind: type[T], pred: Callable[[T], bool] = lambda _: True,
@@ -402,6 +403,113 @@ def test_passive_accepts_only_allowed_ip(link: tuple[FakeBroker, SlaveProc]) -> 
                                   source_address=("127.0.0.2", 0)) as right:
         assert recv_all(right) == b"hello"
     assert broker.done(xfer).ok
+
+
+# ---------------------------------------------------------------- pooled passive listeners
+
+def pool_ports(broker: FakeBroker) -> list[int]:
+    assert broker.hello is not None
+    return list(broker.hello.passive_pool)
+
+
+def test_pooled_listener_serves_transfer_after_transfer(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=3)
+    ports = pool_ports(broker)
+    assert len(ports) == 3
+    port = ports[0]
+    (slave.root / "f").write_bytes(b"hello")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+        xfer = broker.ids()
+        broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port, allowed_ip="127.0.0.1")
+        assert recv_all(client) == b"hello"
+        assert broker.done(xfer).ok
+        # A second connection (a client retrying) is closed when the transfer ends: it must
+        # not become the next transfer's data connection.
+        assert second.recv(10) == b""
+    for _ in range(3):  # the same listener, one transfer after the other
+        # The client may connect before the slave hears of the transfer (PASV is answered
+        # without asking the slave): the connection waits in the accept queue.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            xfer = broker.ids()
+            started = broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port,
+                                     allowed_ip="127.0.0.1")
+            assert isinstance(started, m.Started), started
+            assert recv_all(client) == b"hello"
+        assert broker.done(xfer).ok
+    xfer = broker.ids()
+    broker.request(m.StartReceive, xfer_id=xfer, path="/up", pool_port=port, allowed_ip="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"uploaded")
+    done = broker.done(xfer)
+    assert done.ok and (slave.root / "up").read_bytes() == b"uploaded"
+
+
+def test_pooled_listener_accepts_only_allowed_ip(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=1)
+    [port] = pool_ports(broker)
+    (slave.root / "f").write_bytes(b"hello")
+    xfer = broker.ids()
+    started = broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port,
+                             allowed_ip="127.0.0.2")
+    assert isinstance(started, m.Started)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as wrong:
+        assert wrong.recv(10) == b""  # closed without data
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as right:
+        assert recv_all(right) == b"hello"
+    assert broker.done(xfer).ok
+
+
+def test_pooled_port_lent_once_abort_and_clear(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=1)
+    [port] = pool_ports(broker)
+    (slave.root / "f").write_bytes(b"hello")
+    xfer = broker.ids()
+    assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port,
+                                     allowed_ip="127.0.0.1"), m.Started)
+    busy = broker.request(m.StartSend, xfer_id=broker.ids(), path="/f", pool_port=port,
+                          allowed_ip="127.0.0.1")
+    assert isinstance(busy, m.OpResult) and busy.errno == errno.EBUSY, busy
+    cleared = broker.request(m.ClearPort, port=port)
+    assert isinstance(cleared, m.OpResult) and cleared.errno == errno.EBUSY, cleared
+    unknown = broker.request(m.ClearPort, port=1)
+    assert isinstance(unknown, m.OpResult) and unknown.errno == errno.ENOENT, unknown
+    # Abort wakes the worker waiting on the shared listener without closing the listener.
+    began = time.monotonic()
+    broker.send(m.Abort(req_id=0, xfer_id=xfer))
+    done = broker.done(xfer)
+    assert done.aborted and not done.ok and time.monotonic() - began < 5
+    # A client that connected for a route given up: ClearPort closes its connection...
+    stale = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert broker.request(m.ClearPort, port=port) == m.OpResult(req_id=broker.next_id, ok=True)
+    assert stale.recv(10) == b""
+    stale.close()
+    # ...and the listener still serves the next transfer.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        xfer = broker.ids()
+        broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port, allowed_ip="127.0.0.1")
+        assert recv_all(client) == b"hello"
+    assert broker.done(xfer).ok
+
+
+def test_a_refused_start_closes_the_connection_waiting_on_its_pooled_port(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=1)
+    [port] = pool_ports(broker)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        refused = broker.request(m.StartSend, xfer_id=broker.ids(), path="/missing", pool_port=port,
+                                 allowed_ip="127.0.0.1")
+        assert isinstance(refused, m.OpResult) and refused.errno == errno.ENOENT, refused
+        assert client.recv(10) == b""
+
+
+def test_pool_takes_at_most_half_of_passive_ports(make_slave) -> None:
+    base = 47310
+    broker, slave = make_slave(passive_pool=32, passive_ports=[base, base + 3])
+    ports = pool_ports(broker)
+    assert len(ports) == 2 and all(base <= p <= base + 3 for p in ports)
+    listening = broker.listen(broker.ids())  # the rest of the range serves Listen
+    assert base <= listening <= base + 3 and listening not in ports
 
 
 def test_transfer_done_resent_until_acked(link: tuple[FakeBroker, SlaveProc]) -> None:

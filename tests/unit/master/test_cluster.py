@@ -179,3 +179,41 @@ def test_feeds_placement() -> None:
     selection = Placement().choose("upload", "/f", reg.loads(0.0), size_hint=10 * MB)
     assert selection.chosen == "b"
     assert "below minimum" in selection.excluded()["a"]
+
+
+# ------------------------------------------------------------------ pooled passive ports
+
+def test_pooled_ports_lent_once_and_least_recently_returned_first() -> None:
+    reg = SlaveRegistry()
+    reg.on_up(SlaveUp(name="s1", incarnation="i1", data_host="h", max_transfers=8,
+                      passive_pool=[40001, 40002, 40003]), now=0.0)
+    assert reg.lend_port("s1") is None  # merging: nothing lent before the slave is online
+    reg.mark_online("s1")
+    lent = [reg.lend_port("s1") for _ in range(3)]
+    assert [p.port for p in lent if p is not None] == [40001, 40002, 40003]
+    assert reg.lend_port("s1") is None  # all lent: the caller falls back to Listen
+    assert lent[1] is not None and lent[0] is not None
+    reg.return_port(lent[1])
+    reg.return_port(lent[1])  # returned twice: still lent once
+    reg.return_port(lent[0])
+    again = [reg.lend_port("s1"), reg.lend_port("s1"), reg.lend_port("s1")]
+    assert [p.port if p else None for p in again] == [40002, 40001, None]
+
+
+def test_ports_of_an_old_incarnation_are_not_lent_again() -> None:
+    reg = SlaveRegistry()
+    reg.on_up(SlaveUp(name="s1", incarnation="i1", data_host="h", max_transfers=8,
+                      passive_pool=[40001]), now=0.0)
+    reg.mark_online("s1")
+    old = reg.lend_port("s1")
+    assert old is not None
+    reg.on_up(SlaveUp(name="s1", incarnation="i2", data_host="h", max_transfers=8,
+                      passive_pool=[50001]), now=1.0)
+    reg.mark_online("s1")
+    reg.return_port(old)  # the restarted slave never had 40001
+    new = reg.lend_port("s1")
+    assert new is not None and (new.port, new.incarnation) == (50001, "i2")
+    assert reg.lend_port("s1") is None
+    reg.on_down("s1", "i2")
+    reg.return_port(new)
+    assert reg.lend_port("s1") is None  # offline: nothing lent
