@@ -15,7 +15,9 @@ from __future__ import annotations
 import ftplib
 import ipaddress
 import json
+import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -205,8 +207,41 @@ def render_configs(plan: ClusterPlan) -> dict[str, str]:
 
 # ---------------------------------------------------------------- small I/O helpers
 
+PRIVATE_PORTS_FROM = 10000
+"""free_ports picks from here up to the start of the kernel's ephemeral port range."""
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct TCP ports that were free on `host` a moment ago."""
+    """`count` distinct TCP ports that were free on `host` a moment ago.
+
+    They are chosen below the kernel's ephemeral range: a peer that connects (and retries,
+    as zmq does) before its server has bound the port may otherwise be given that very
+    port as its own source port and connect to itself (TCP simultaneous open), and the
+    server then fails with EADDRINUSE. Outgoing connections never take these ports.
+    """
+    first_ephemeral = _ephemeral_range_start()
+    if first_ephemeral - PRIVATE_PORTS_FROM < 100 * count:
+        return _kernel_ports(count, host)  # an unusual range: fall back to the kernel's choice
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    for _ in range(200 * count):
+        port = rng.randrange(PRIVATE_PORTS_FROM, first_ephemeral)
+        if port not in chosen and not port_in_use(host, port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise OSError(errno.EADDRINUSE, f"no {count} free ports in {PRIVATE_PORTS_FROM}-{first_ephemeral - 1}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems differ but rarely go lower
+
+
+def _kernel_ports(count: int, host: str) -> list[int]:
     socks = []
     try:
         for _ in range(count):

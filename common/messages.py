@@ -105,10 +105,12 @@ class Abort(Message, frozen=True):
 
 
 class DoneAck(Message, frozen=True, kw_only=True):
-    """Master has recorded TransferDone `xfer_id`; the slave may forget it."""
+    """Master has recorded TransferDone `xfer_id` (and those in `more`: acks are batched);
+    the slave may forget them."""
 
     req_id: int = 0
     xfer_id: int
+    more: list[int] = []
 
 
 class Delete(Message, frozen=True):

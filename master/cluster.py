@@ -64,7 +64,7 @@ class SlaveInfo:
     """Transfers dispatched since the last stats (reset by the next stats)."""
     pool: frozenset[int] = frozenset()
     """This incarnation's pooled passive ports (SlaveUp)."""
-    free_ports: deque[int] = field(default_factory=deque)
+    unlent_ports: deque[int] = field(default_factory=deque)
     """Pooled ports not lent, least recently returned first (a port just given back, to
     which a late client connection might still come, is lent last)."""
 
@@ -110,7 +110,7 @@ class SlaveRegistry:
             info = SlaveInfo(name=msg.name, state=SlaveState.MERGING, incarnation=msg.incarnation,
                              data_host=msg.data_host, max_transfers=msg.max_transfers,
                              disk_total=msg.disk_total, disk_free=msg.disk_free,
-                             pool=frozenset(msg.passive_pool), free_ports=deque(msg.passive_pool))
+                             pool=frozenset(msg.passive_pool), unlent_ports=deque(msg.passive_pool))
             self.slaves[msg.name] = info
             return info, True
         info.data_host = msg.data_host
@@ -192,17 +192,17 @@ class SlaveRegistry:
     def lend_port(self, name: str) -> LentPort | None:
         """A free pooled passive port of online slave `name`, or None (none free, or no pool)."""
         info = self.slaves.get(name)
-        if info is None or info.state is not SlaveState.ONLINE or not info.free_ports:
+        if info is None or info.state is not SlaveState.ONLINE or not info.unlent_ports:
             return None
-        return LentPort(name, info.incarnation, info.free_ports.popleft())
+        return LentPort(name, info.incarnation, info.unlent_ports.popleft())
 
     def return_port(self, lent: LentPort) -> None:
         """`lent` may be lent again; ignored if its incarnation is gone or it is free already."""
         info = self.slaves.get(lent.slave)
         if (info is None or info.incarnation != lent.incarnation or lent.port not in info.pool
-                or lent.port in info.free_ports):
+                or lent.port in info.unlent_ports):
             return
-        info.free_ports.append(lent.port)
+        info.unlent_ports.append(lent.port)
 
     def is_online(self, name: str) -> bool:
         info = self.slaves.get(name)

@@ -34,6 +34,10 @@ from master.vfs import VirtualFS
 log = logging.getLogger(__name__)
 
 SWEEP_S = 0.25
+ACK_DELAY_S = 0.05
+"""DoneAcks wait this long to go out together (one message for many transfers); the slave
+re-sends an unacknowledged TransferDone only after seconds."""
+ACK_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,9 @@ class BrokerLink:
         self._last_recv = clock()
         self._last_send = 0.0
         self._drain_call: Any = None
+        self._acks: dict[str, list[int]] = {}
+        """DoneAcks not sent yet, by slave (see ACK_DELAY_S)."""
+        self._ack_call: Any = None
         self._sweeper: Any = None
         self._closed = False
 
@@ -159,10 +166,11 @@ class BrokerLink:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
         if self._dealer is not None and self.connected:
+            self._flush_acks()
             self._send(m.Bye(reason="master shutting down"))
-        for call in (self._sweeper, self._drain_call):
+        self._closed = True
+        for call in (self._sweeper, self._drain_call, self._ack_call):
             if call is not None and not call.cancelled:
                 call.cancel()
         for reader in (self._dealer, self._sub):
@@ -330,7 +338,7 @@ class BrokerLink:
             else:
                 log.info("TransferDone for unknown transfer %s from %s", msg.xfer_id, wrapped.slave)
             # Acknowledge even unknown ids, or the slave re-sends the outcome forever.
-            self._send(m.ToSlave(slave=wrapped.slave, cmd=m.DoneAck(xfer_id=msg.xfer_id)))
+            self._ack(wrapped.slave, msg.xfer_id)
             return
         pending = self._pending.pop(msg.req_id, None)
         if pending is None:
@@ -338,6 +346,25 @@ class BrokerLink:
                       msg.req_id, wrapped.slave)
             return
         self._safe_call(pending.callback, msg)
+
+    def _ack(self, slave: str, xfer_id: int) -> None:
+        batch = self._acks.setdefault(slave, [])
+        batch.append(xfer_id)
+        if len(batch) >= ACK_BATCH:
+            self._flush_acks()
+        elif self._ack_call is None:
+            self._ack_call = self.ioloop.call_later(ACK_DELAY_S, self._flush_acks,
+                                                    _errback=self._tick_error)
+
+    def _flush_acks(self) -> None:
+        """Send the batched DoneAcks (one per slave); lost ones only cost the slave a re-send."""
+        if self._ack_call is not None:
+            if not self._ack_call.cancelled:
+                self._ack_call.cancel()
+            self._ack_call = None
+        acks, self._acks = self._acks, {}
+        for slave, (first, *more) in acks.items():
+            self._send(m.ToSlave(slave=slave, cmd=m.DoneAck(xfer_id=first, more=more)))
 
     # ------------------------------------------------------------ slaves coming and going
     def _on_slave_up(self, msg: m.SlaveUp) -> None:

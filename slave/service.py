@@ -313,8 +313,10 @@ class SlaveService:
                     log.info("xfer %d: aborted", xfer_id)
                 if req_id:  # req_id 0 is a notification: no reply wanted
                     self.send(m.OpResult(req_id=req_id, ok=True))
-            case m.DoneAck(xfer_id=xfer_id):
+            case m.DoneAck(xfer_id=xfer_id, more=more):
                 self.unacked.pop(xfer_id, None)
+                for acked in more:
+                    self.unacked.pop(acked, None)
             case m.Delete(req_id=req_id, path=path):
                 self.op(req_id, self.storage.delete, path)
             case m.Rename(req_id=req_id, src=src, dst=dst, replace=replace):

@@ -385,6 +385,25 @@ def test_active_stor_goes_to_slave_with_port_address(master: Master, broker: Fak
     ftp.quit()
 
 
+def test_done_acks_of_transfers_ending_together_go_in_one_message(master: Master,
+                                                                  broker: FakeBroker) -> None:
+    broker.responders[m.StartReceive] = started
+    sessions, ids = [master.client(), master.client()], []
+    for i, ftp in enumerate(sessions):
+        wait_online(ftp)
+        ftp.sendcmd("PORT 127,0,0,1,200,10")
+        assert ftp.sendcmd(f"STOR /batch{i}.bin").startswith("150")
+        ids.append(broker.expect(m.StartReceive)[1].xfer_id)
+    for xfer_id in ids:
+        broker.from_slave("s1", m.TransferDone(xfer_id=xfer_id, ok=True, bytes=1, size=1, crc32=1))
+    for ftp in sessions:
+        assert ftp.voidresp().startswith("226")
+    slave, ack = broker.expect(m.DoneAck)
+    assert slave == "s1" and sorted([ack.xfer_id, *ack.more]) == sorted(ids)
+    for ftp in sessions:
+        ftp.quit()
+
+
 def test_pret_pasv_uses_slave_listener_and_226_records_file(master: Master, broker: FakeBroker) -> None:
     broker.responders[m.Listen] = lambda s, c: [m.Listening(req_id=c.req_id, xfer_id=c.xfer_id, port=40123)]
     broker.responders[m.StartReceive] = started

@@ -104,3 +104,16 @@ def test_online_slaves_reads_the_site_slaves_reply():
 def test_free_ports_are_distinct():
     ports = launcher.free_ports(4)
     assert len(set(ports)) == 4 and all(0 < p < 65536 for p in ports)
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    import socket
+
+    from common.launcher import PRIVATE_PORTS_FROM, _ephemeral_range_start, free_ports
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+    # Outside the range the kernel takes source ports from, so no client can self-connect.
+    assert all(PRIVATE_PORTS_FROM <= p < _ephemeral_range_start() for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

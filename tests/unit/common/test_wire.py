@@ -25,6 +25,7 @@ SAMPLES: list[m.Message] = [
     m.StartReceive(req_id=5, xfer_id=6, path="/ü/x", offset=7, append=True),
     m.Abort(req_id=7, xfer_id=8),
     m.ClearPort(req_id=7, port=40001),
+    m.DoneAck(xfer_id=3, more=[4, 5]),
     m.DoneAck(xfer_id=9),
     m.Delete(req_id=10, path="/d"),
     m.Rename(req_id=11, src="/a", dst="/b"),

@@ -87,17 +87,18 @@ def test_upload_not_recorded_gets_451_and_no_ack_until_recorded() -> None:
 
 def test_link_acks_only_a_recorded_outcome() -> None:
     from master.link import BrokerLink
-    sent: list[Any] = []
+    acked: list[tuple[str, int]] = []
     results = iter([False, True])
     watcher = SimpleNamespace(on_done=lambda msg: next(results), on_lost=lambda r: None)
     link = SimpleNamespace(_watchers={7: ("s1", watcher)}, _grace={}, _pending={},
-                           _send=sent.append, _safe_call=BrokerLink._safe_call)
+                           _ack=lambda slave, xfer_id: acked.append((slave, xfer_id)),
+                           _safe_call=BrokerLink._safe_call)
     wrapped = m.FromSlave(slave="s1", incarnation="i",
                           msg=m.TransferDone(xfer_id=7, ok=True, bytes=5, size=5, crc32=1))
     BrokerLink._on_from_slave(link, wrapped)  # type: ignore[arg-type]
-    assert sent == [] and 7 in link._watchers
+    assert acked == [] and 7 in link._watchers
     BrokerLink._on_from_slave(link, wrapped)  # type: ignore[arg-type]
-    assert [type(x.cmd) for x in sent] == [m.DoneAck] and 7 not in link._watchers
+    assert acked == [("s1", 7)] and 7 not in link._watchers
 
 
 def test_metadata_change_failure_replies_451() -> None:
