@@ -12,10 +12,10 @@ functions; `run_local_cluster` is the I/O shell around them.
 
 from __future__ import annotations
 
+import errno
 import ftplib
 import ipaddress
 import json
-import errno
 import os
 import random
 import signal
