@@ -69,6 +69,9 @@ class StartSend(Message, frozen=True):
     connect_to: tuple[str, int] | None = None
     pool_port: int = 0
     allowed_ip: str = ""
+    lazy_started: bool = False
+    """The master does not wait for Started: the slave may hold it back briefly and leave
+    it out when the transfer ends first (its TransferDone then answers the start too)."""
 
 
 class StartReceive(Message, frozen=True):
@@ -85,8 +88,9 @@ class StartReceive(Message, frozen=True):
     append: bool = False
     connect_to: tuple[str, int] | None = None
     pool_port: int = 0
-    """As in StartSend."""
+    """As in StartSend (so are allowed_ip and lazy_started)."""
     allowed_ip: str = ""
+    lazy_started: bool = False
 
 
 class ClearPort(Message, frozen=True):

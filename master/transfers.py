@@ -206,6 +206,8 @@ class Transfer:
         self._relay_result: tuple[bool, str] | None = None
         self._replied = False
         self._announced = False
+        self._start_req = 0
+        """The start request's req_id while its Started may still come (see on_done)."""
         self._reported = 0
         """Bytes the slave last reported moving (TransferProgress)."""
         self._unrecorded = False
@@ -267,16 +269,19 @@ class Transfer:
     def _send_start(self, connect_to: tuple[str, int] | None) -> None:
         cmd: m.SlaveCommand
         port = self.lent.port if self.lent is not None else 0
+        lazy = self.relay is None  # the relay connects to the slave only after Started
         if self.is_upload:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                                  append=self.kind == "APPE", connect_to=connect_to,
-                                 pool_port=port, allowed_ip=self.allowed_ip)
+                                 pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
-                              connect_to=connect_to, pool_port=port, allowed_ip=self.allowed_ip)
-        self.cluster.link.request(self.slave, cmd, self._on_started)
+                              connect_to=connect_to, pool_port=port, allowed_ip=self.allowed_ip,
+                              lazy_started=lazy)
+        self._start_req = self.cluster.link.request(self.slave, cmd, self._on_started)
 
     def _on_started(self, reply: Any) -> None:
+        self._start_req = 0
         if self.state is not State.PREPARING:
             return
         if not isinstance(reply, m.Started):
@@ -323,6 +328,10 @@ class Transfer:
         """The slave's outcome. False while an upload could not be recorded (the metadata
         store failed): the link sends no DoneAck, so the slave re-sends it and the record is
         tried again (the client has had its 451 already)."""
+        if self._start_req:
+            # A lazy_started transfer that ended quickly gets no Started: this answers it.
+            self.cluster.link.cancel(self._start_req)
+            self._start_req = 0
         if self._done is not None:
             if self._unrecorded and self.is_upload:
                 self._unrecorded = not self._record_upload(msg)

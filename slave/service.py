@@ -51,6 +51,9 @@ MAX_PAGE_BYTES = 2 * 1024 * 1024
 SHUTDOWN_WAIT_S = 5.0
 BYE_LINGER_MS = 1000
 TICK_S = 0.25
+LAZY_STARTED_S = 0.05
+"""A lazy_started start's Started waits this long: a transfer that ends sooner (most small
+files) needs none, its TransferDone answers the start (one message less per transfer)."""
 
 
 def _version() -> str:
@@ -102,6 +105,8 @@ class SlaveService:
         self.progress_due = now + PROGRESS_S
         self.progress_sent: dict[int, int] = {}
         self.unacked: dict[int, m.TransferDone] = {}
+        self.held_started: dict[int, tuple[float, m.Started]] = {}
+        """Started held back (lazy_started): xfer_id -> (when to send it, the message)."""
         self.scans: OrderedDict[int, tuple[str, Iterator[m.InventoryEntry]]] = OrderedDict()
         """Open inventory scans: scan id -> (mode, the rest of the walk)."""
         self.stopping = False
@@ -182,6 +187,8 @@ class SlaveService:
     def _next_timer(self) -> float:
         now = time.monotonic()
         due = [self.stats_due, now + TICK_S]
+        if self.held_started:
+            due.append(min(when for when, _ in self.held_started.values()))
         if self.welcomed:
             due += [self.last_send + self.heartbeat_s, self.resend_due,
                     self.last_recv + self.heartbeat_s * self.liveness]
@@ -210,6 +217,10 @@ class SlaveService:
         if now >= self.stats_due:
             self.stats_due = now + self.cfg.stats_interval_ms / 1000
             self.publish_stats()
+        for xfer_id, (when, started) in list(self.held_started.items()):
+            if when <= now:
+                del self.held_started[xfer_id]
+                self.send(started)
         for xfer_id in self.transfers.expire_listeners(now):
             log.info("xfer %d: passive listener expired unused", xfer_id)
 
@@ -273,6 +284,7 @@ class SlaveService:
     def on_result(self, msg: m.Message) -> None:
         """A worker's result from the Outbox."""
         if isinstance(msg, m.TransferDone):
+            self.held_started.pop(msg.xfer_id, None)  # answered by the TransferDone
             self.transfers.finished(msg.xfer_id)
             self.unacked[msg.xfer_id] = msg
             log.debug("xfer %d done: %s", msg.xfer_id, msg)
@@ -371,7 +383,11 @@ class SlaveService:
             log.info("xfer %d: %s %r refused: %s", msg.xfer_id, type(msg).__name__, msg.path, exc)
             self.error(msg.req_id, exc)
             return
-        self.send(m.Started(req_id=msg.req_id, xfer_id=msg.xfer_id))
+        started = m.Started(req_id=msg.req_id, xfer_id=msg.xfer_id)
+        if msg.lazy_started:
+            self.held_started[msg.xfer_id] = (time.monotonic() + LAZY_STARTED_S, started)
+        else:
+            self.send(started)
 
     def on_checksum(self, msg: m.Checksum) -> None:
         try:

@@ -503,6 +503,30 @@ def test_a_refused_start_closes_the_connection_waiting_on_its_pooled_port(make_s
         assert client.recv(10) == b""
 
 
+def test_lazy_started_is_left_out_when_the_transfer_ends_first(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=1)
+    [port] = pool_ports(broker)
+    (slave.root / "f").write_bytes(b"hello")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        xfer, req = broker.ids(), broker.ids()
+        broker.send(m.StartSend(req_id=req, xfer_id=xfer, path="/f", pool_port=port,
+                                allowed_ip="127.0.0.1", lazy_started=True))
+        assert recv_all(client) == b"hello"
+    assert broker.done(xfer).ok  # answers the start: no Started follows
+    with pytest.raises(AssertionError):
+        broker.expect(m.Started, lambda s: s.req_id == req, timeout=0.5)
+    # A transfer still running after the hold gets its Started.
+    xfer, req = broker.ids(), broker.ids()
+    sent_at = time.monotonic()
+    broker.send(m.StartSend(req_id=req, xfer_id=xfer, path="/f", pool_port=port,
+                            allowed_ip="127.0.0.1", lazy_started=True))
+    assert broker.expect(m.Started, lambda s: s.req_id == req).xfer_id == xfer
+    assert time.monotonic() - sent_at >= 0.04
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        assert recv_all(client) == b"hello"
+    assert broker.done(xfer).ok
+
+
 def test_pool_takes_at_most_half_of_passive_ports(make_slave) -> None:
     base = 47310
     broker, slave = make_slave(passive_pool=32, passive_ports=[base, base + 3])
