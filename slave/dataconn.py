@@ -135,6 +135,23 @@ def accept_from(listener: socket.socket, allowed_ip: str, deadline: float,
         conn.close()
 
 
+def accept_waiting(listener: socket.socket, allowed_ip: str,
+                   on_refused: Callable[[str], None] | None = None) -> socket.socket | None:
+    """A connection from `allowed_ip` already in `listener`'s accept queue, or None; never
+    waits. Connections from other addresses found on the way are closed."""
+    want = _normal_ip(allowed_ip)
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    while poller.poll(0):
+        conn, peer = listener.accept()
+        if _normal_ip(peer[0]) == want:
+            return conn
+        if on_refused is not None:
+            on_refused(peer[0])
+        conn.close()
+    return None
+
+
 def drain_backlog(listener: socket.socket) -> int:
     """Close every connection waiting in `listener`'s accept queue; returns how many."""
     poller = select.poll()

@@ -388,6 +388,8 @@ class SlaveService:
             self.held_started[msg.xfer_id] = (time.monotonic() + LAZY_STARTED_S, started)
         else:
             self.send(started)
+        for result in self.outbox.drain():  # a small download may have ended already (inline)
+            self.on_result(result)
 
     def on_checksum(self, msg: m.Checksum) -> None:
         try:

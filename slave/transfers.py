@@ -53,6 +53,10 @@ writing to disk overlap)."""
 CRC_HELPER_AFTER = 8 * 1024 * 1024
 """An upload past this size hands its CRC32 to a helper thread that reads the written bytes
 back from the page cache, so checksumming overlaps receiving instead of adding to it."""
+INLINE_SEND_MAX = 256 * 1024
+"""A download of at most this many bytes whose client is already connected starts in the
+main loop with non-blocking sendfile: when the socket takes it all (most small files) no
+worker thread is involved at all; what would block goes on in a worker."""
 PROGRESS_WAIT_S = 0.5
 """A send waits at most this long in one sendfile call, so its byte count stays fresh."""
 WORKER_IDLE_S = 60.0
@@ -235,6 +239,8 @@ class Transfer:
         self.listener = listener
         self.connect_to = connect_to
         self.bytes = 0
+        self.conn: socket.socket | None = None
+        """The data connection once accepted or connected."""
         self.pool_port = 0
         """The pooled listener's port when the transfer borrowed one."""
         self.aborted = False
@@ -434,12 +440,12 @@ class TransferManager:
         return False
 
     def finished(self, xfer_id: int) -> None:
-        """The main loop took this transfer's TransferDone out of the outbox."""
+        """The main loop took this transfer's TransferDone out of the outbox (posted after
+        the transfer closed its descriptors: nothing to wait for)."""
         transfer = self.transfers.pop(xfer_id, None)
         if transfer is not None and transfer.pool_port:
             self.pool_busy.pop(transfer.pool_port, None)
-        if (ended := self.ended.pop(xfer_id, None)) is not None:
-            ended.wait(1.0)
+        self.ended.pop(xfer_id, None)
 
     def expire_listeners(self, now: float) -> list[int]:
         """Close listeners nobody claimed within data_timeout; returns their xfer_ids."""
@@ -496,6 +502,8 @@ class TransferManager:
         transfer.pool_port = port
         self.transfers[xfer_id] = transfer
         self.ended[xfer_id] = transfer.ended
+        if kind is Kind.SEND and listener is not None and self._send_inline(transfer):
+            return
         try:
             self.pool.submit(transfer)
         except RuntimeError as exc:
@@ -508,27 +516,68 @@ class TransferManager:
 
     # ------------------------------------------------------------ worker threads
 
-    def _work(self, t: Transfer) -> None:
+    def _send_inline(self, t: Transfer) -> bool:
+        """Main loop: send a small download at once if its client is connected and the
+        socket takes every byte without blocking; True if it ended here (result posted).
+        False: a worker must run (or continue) it."""
+        assert t.listener is not None
+        if os.fstat(t.fd).st_size - t.start > INLINE_SEND_MAX:
+            return False
+        listener = t.listener
         try:
-            done = self._send(t) if t.kind is Kind.SEND else self._receive(t)
+            conn = dataconn.accept_waiting(
+                listener.sock, listener.allowed_ip,
+                on_refused=lambda ip: log.warning("xfer %d: refused data connection from %s",
+                                                  t.xfer_id, ip))
+        except OSError:
+            conn = None  # the worker's accept deals with it
+        if conn is None:
+            return False
+        t.adopt(conn)
+        t.conn = conn
+        if not listener.pooled:
+            t.close_socket(listener.sock)
+        error: OSError | None = None
+        conn.setblocking(False)
+        try:
+            while n := os.sendfile(conn.fileno(), t.fd, t.start, INLINE_SEND_MAX):
+                t.start += n
+                t.bytes += n
+            conn.shutdown(socket.SHUT_WR)
+        except BlockingIOError:
+            conn.setblocking(True)
+            return False  # the worker goes on from t.start
+        except OSError as exc:
+            error = exc
+        self._post(t, self._outcome(t, lambda t: self._done(t, error, os.fstat(t.fd), None)))
+        return True
+
+    def _work(self, t: Transfer) -> None:
+        self._post(t, self._outcome(t, self._send if t.kind is Kind.SEND else self._receive))
+
+    def _outcome(self, t: Transfer, run: Callable[[Transfer], m.TransferDone]) -> m.TransferDone:
+        try:
+            return run(t)
         except BaseException as exc:  # never lose a completion
             log.exception("transfer %d crashed", t.xfer_id)
             text, code = _os_error(exc)
             if t.overwrite and t.temp is not None:
                 t.temp.unlink(missing_ok=True)  # the old file stays
-            done = m.TransferDone(xfer_id=t.xfer_id, ok=False, bytes=t.bytes, size=0,
+            return m.TransferDone(xfer_id=t.xfer_id, ok=False, bytes=t.bytes, size=0,
                                   aborted=t.aborted, error=text, errno=code,
                                   kept_old=t.overwrite and t.temp is not None)
-        finally:
-            try:
-                t.close_all()
-            except OSError:
-                pass
-            if t.listener is not None and t.listener.pooled:
-                # A connection that arrived after ours (a client retrying) must not become
-                # the next transfer's; the master lends the port again after TransferDone.
-                with contextlib.suppress(OSError):
-                    dataconn.drain_backlog(t.listener.sock)
+
+    def _post(self, t: Transfer, done: m.TransferDone) -> None:
+        """Close the transfer's descriptors, then hand its result to the main loop."""
+        try:
+            t.close_all()
+        except OSError:
+            pass
+        if t.listener is not None and t.listener.pooled:
+            # A connection that arrived after ours (a client retrying) must not become
+            # the next transfer's; the master lends the port again after TransferDone.
+            with contextlib.suppress(OSError):
+                dataconn.drain_backlog(t.listener.sock)
         self.outbox.put(done)
         t.ended.set()
 
@@ -559,7 +608,7 @@ class TransferManager:
     def _send(self, t: Transfer) -> m.TransferDone:
         error: BaseException | None = None
         try:
-            conn = self._connect(t)
+            conn = t.conn or self._connect(t)
             out = conn.fileno()
             pos = t.start
             # A short send timeout: a slow client's sendfile returns what it sent within

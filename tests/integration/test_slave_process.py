@@ -503,6 +503,27 @@ def test_a_refused_start_closes_the_connection_waiting_on_its_pooled_port(make_s
         assert client.recv(10) == b""
 
 
+def test_small_download_to_a_client_that_reads_late(make_slave) -> None:
+    broker, slave = make_slave(passive_pool=1)
+    [port] = pool_ports(broker)
+    data = os.urandom(256 * 1024)  # INLINE_SEND_MAX: sent from the main loop if the socket takes it
+    (slave.root / "f").write_bytes(data)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: EAGAIN early
+    client.settimeout(10)
+    client.connect(("127.0.0.1", port))
+    with client:
+        xfer = broker.ids()
+        assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port,
+                                         allowed_ip="127.0.0.1"), m.Started)
+        # The slave's loop still answers while the rest waits for the reader.
+        assert isinstance(broker.request(m.MakeDir, path="/probe"), m.OpResult)
+        time.sleep(0.3)
+        assert recv_all(client) == data
+    done = broker.done(xfer)
+    assert done.ok and done.bytes == len(data)
+
+
 def test_lazy_started_is_left_out_when_the_transfer_ends_first(make_slave) -> None:
     broker, slave = make_slave(passive_pool=1)
     [port] = pool_ports(broker)

@@ -116,4 +116,5 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
     assert all(PRIVATE_PORTS_FROM <= p < _ephemeral_range_start() for p in ports)
     for port in ports:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as every server here does
             s.bind(("127.0.0.1", port))

@@ -86,3 +86,43 @@ def test_crc_helper_reports_a_short_file(tmp_path: Path) -> None:
         assert helper.finish() is None
     finally:
         os.close(fd)
+
+
+def test_inline_download_that_would_block_goes_on_in_a_worker(tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    from common import messages as m
+    from common.config import SlaveSection
+    from slave import transfers
+    from slave.outbox import Outbox
+    from slave.storage import Storage
+
+    # Raised so that a file larger than the socket buffers is tried inline first.
+    monkeypatch.setattr(transfers, "INLINE_SEND_MAX", 64 << 20)
+    data = os.urandom(8 << 20)
+    (tmp_path / "f").write_bytes(data)
+    outbox = Outbox()
+    manager = transfers.TransferManager(Storage(str(tmp_path)), SlaveSection(
+        name="s1", root=str(tmp_path), passive_pool=1, data_timeout=10), outbox)
+    [port] = manager.open_pool()
+    try:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.settimeout(10)
+        client.connect(("127.0.0.1", port))
+        with client:
+            manager.start_send(m.StartSend(req_id=1, xfer_id=7, path="/f", pool_port=port,
+                                           allowed_ip="127.0.0.1"))
+            assert outbox.drain() == []  # not done inline: the socket would have blocked
+            assert manager.pool.threads == 1
+            got = bytearray()
+            while chunk := client.recv(1 << 20):
+                got += chunk
+        assert got == data
+        results: list[m.Message] = []
+        _wait(lambda: bool(results.extend(outbox.drain()) or results))
+        [done] = results
+        assert isinstance(done, m.TransferDone) and done.ok and done.bytes == len(data)
+    finally:
+        manager.shutdown(5)
+        outbox.close()
