@@ -42,6 +42,7 @@ from bench.clients import MODES, Target
 from bench.servers import ClusterServer, PyftpdlibServer, VsftpdServer, vsftpd_unavailable
 
 MB = 1_000_000
+GB = 1_000_000_000
 MIB = 1 << 20
 
 
@@ -161,13 +162,20 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- sections
 
+Measured = tuple[float, dict[str, float]]
+"""One transfer: bytes/s, and {process: server CPU milliseconds per GB moved}."""
+
+
 def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
-    """{server: {mode: {"RETR": Bps, "STOR": Bps}}}: the median of `repeat` runs, the
-    servers taking turns run by run (loopback figures drift with the machine's other load
-    and with where the scheduler puts sender and receiver)."""
+    """{server: {mode: {"RETR": Bps, "RETR_runs": [Bps], "RETR_cpu_ms_per_gb": {process: ms},
+    "RETR_cpu_ms_per_gb_runs": [{process: ms}], the same for STOR}}}:
+    the median of `repeat` runs, the servers taking turns run by run (loopback figures drift
+    with the machine's other load and with where the scheduler puts sender and receiver;
+    the CPU time per GB drifts much less). No CPU figures for vsftpd (see server_pids)."""
     targets = [Target.of(server) for server in servers]
+    pids = {server.name: server_pids(server) for server in servers}
     stor_only = {server.name for server in servers if getattr(server, "stor_only", False)}
-    runs: dict[tuple[str, str, str], list[float]] = {}
+    runs: dict[tuple[str, str, str], list[Measured]] = {}
     for t in targets:
         clients.curl_transfer(t, "active", "RETR", "big.bin")  # warm-up: page cache, sessions
     for i in range(sizes.repeat):
@@ -176,25 +184,47 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
             for mode in MODES:
                 if t.name not in stor_only:
                     runs.setdefault((t.name, mode, "RETR"), []).append(
-                        clients.curl_transfer(t, mode, "RETR", "big.bin")["Bps"])
+                        measured_transfer(t, pids[t.name], mode, "RETR", "big.bin"))
                 name = f"up/big-{mode}-{i}.bin"
                 runs.setdefault((t.name, mode, "STOR"), []).append(
-                    clients.curl_transfer(t, mode, "STOR", name, big)["Bps"])
+                    measured_transfer(t, pids[t.name], mode, "STOR", name, big))
                 with clients.connect(t) as ftp:
                     ftp.delete(name)
     out: dict[str, dict] = {}
-    for (server, mode, op), values in runs.items():
+    for (server, mode, op), measured in runs.items():
         d = out.setdefault(server, {}).setdefault(mode, {})
-        d[op] = statistics.median(values)
-        d[f"{op}_runs"] = values
+        d[op] = statistics.median(bps for bps, _ in measured)
+        d[f"{op}_runs"] = [bps for bps, _ in measured]
+        if pids[server]:
+            d[f"{op}_cpu_ms_per_gb"] = median_per_process([cpu for _, cpu in measured])
+            d[f"{op}_cpu_ms_per_gb_runs"] = [cpu for _, cpu in measured]
     for t in targets:
         for mode in MODES:
-            d = out[t.name][mode]
-            retr = (f"RETR {d['RETR'] / MB:.0f} MB/s {[round(v / MB) for v in d['RETR_runs']]}, "
-                    if "RETR" in d else "")
-            say(f"single stream {t.name} {mode}: {retr}STOR {d['STOR'] / MB:.0f} MB/s "
-                f"{[round(v / MB) for v in d['STOR_runs']]}")
+            say(f"single stream {t.name} {mode}: " + ", ".join(
+                _single_text(out[t.name][mode], op) for op in ("RETR", "STOR") if op in out[t.name][mode]))
     return out
+
+
+def _single_text(d: dict[str, Any], op: str) -> str:
+    """"RETR 2,100 MB/s [runs], CPU ms/GB broker 20, master 30, slave1 400" for the log."""
+    text = f"{op} {d[op] / MB:,.0f} MB/s {[round(v / MB) for v in d[f'{op}_runs']]}"
+    cpu = d.get(f"{op}_cpu_ms_per_gb")
+    return text + (f", CPU ms/GB {_per_process(cpu)}" if cpu else "")
+
+
+def measured_transfer(t: Target, pids: dict[str, int], mode: str, op: str, remote: str,
+                      local: Path | None = None) -> Measured:
+    """One curl transfer, with the CPU time the processes `pids` spent during it."""
+    before = cpu_seconds(pids)
+    result = clients.curl_transfer(t, mode, op, remote, local)
+    spent = cpu_spent(before, cpu_seconds(pids))
+    return result["Bps"], {name: s * 1e3 / (result["bytes"] / GB) for name, s in spent.items()}
+
+
+def median_per_process(runs: list[dict[str, float]]) -> dict[str, float]:
+    """{process: median over the runs that have a figure for it}."""
+    names = dict.fromkeys(name for run in runs for name in run)  # ordered, no duplicates
+    return {name: statistics.median(run[name] for run in runs if name in run) for name in names}
 
 
 def server_pids(server: Any) -> dict[str, int]:
@@ -207,14 +237,33 @@ def server_pids(server: Any) -> dict[str, int]:
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) of each process still running."""
     out = {}
     for name, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
-        except psutil.Error:
-            pass
+        seconds = process_cpu_seconds(pid)
+        if seconds is not None:
+            out[name] = seconds
     return out
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """From the process's CPU clock (ns resolution; clock_getcpuclockid(3) of `pid` on Linux is
+    MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)), else from psutil: /proc/PID/stat counts 10 ms
+    ticks, i.e. 600 ms per GB of a 16 MiB --quick transfer. None once the process is gone."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        pass
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent between two cpu_seconds() samples."""
+    return {name: after[name] - before[name] for name in before if name in after}
 
 
 def small_files(servers: list[Any], names: list[str], sizes: Sizes) -> dict:
@@ -244,10 +293,10 @@ def small_files(servers: list[Any], names: list[str], sizes: Sizes) -> dict:
                 c2 = cpu_seconds(pids)
                 stor.append(clients.small_files(t, "passive", "STOR", ups, sessions, data)["per_s"])
                 c3 = cpu_seconds(pids)
-                for name in c0:
-                    per = len(names) * sizes.small_repeat / 1e6
-                    cpu["RETR"][name] = cpu["RETR"].get(name, 0.0) + (c1[name] - c0[name]) / per
-                    cpu["STOR"][name] = cpu["STOR"].get(name, 0.0) + (c3[name] - c2[name]) / per
+                per = len(names) * sizes.small_repeat / 1e6
+                for op, spent in (("RETR", cpu_spent(c0, c1)), ("STOR", cpu_spent(c2, c3))):
+                    for name, seconds in spent.items():
+                        cpu[op][name] = cpu[op].get(name, 0.0) + seconds / per
             res["cpu_us"]["RETR"][str(sessions)] = cpu["RETR"]
             res["cpu_us"]["STOR"][str(sessions)] = cpu["STOR"]
             res["RETR"][str(sessions)] = statistics.median(retr)
@@ -388,7 +437,45 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
+def _per_process(per: dict[str, float]) -> str:
+    """"broker 763, master 910, slave1 900"."""
+    return ", ".join(f"{k} {v:,.0f}" for k, v in per.items())
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """d[k1][k2]..., None where a key is missing."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
 NOFSYNC = "cluster-fsync-off"
+MODE_NAME = {"active": "active (PORT)", "passive": "passive (cluster: PRET+PASV)",
+             "relay": "relay (PASV without PRET)"}
+SINGLE_CPU_COLUMNS = (("cluster slave", "cluster", "slave1"), ("cluster master", "cluster", "master"),
+                      ("cluster broker", "cluster", "broker"), ("pyftpdlib", "pyftpdlib", "pyftpdlib"))
+"""(header, server, process) of the single-stream CPU table; the cluster has one slave there."""
+
+
+def single_cpu_table(single: dict[str, Any], repeat: int) -> list[str]:
+    """Markdown lines: server CPU milliseconds per GB of each single-stream transfer."""
+    rows = []
+    for op in ("RETR", "STOR"):
+        for mode in MODES:
+            ms = [_get(single, server, mode, f"{op}_cpu_ms_per_gb", process)
+                  for _, server, process in SINGLE_CPU_COLUMNS]
+            if any(v is not None for v in ms):
+                rows.append(f"| {op}, curl | {MODE_NAME[mode]} | "
+                            + " | ".join("-" if v is None else f"{v:,.0f} ms" for v in ms) + " |")
+    if not rows:
+        return []
+    return ["", f"Server CPU time per GB moved by a single stream (median of {repeat} run"
+            f"{'s' if repeat != 1 else ''}; all threads of each process; vsftpd forks a process "
+            "per session and is not counted):", "",
+            "| transfer | mode | " + " | ".join(h for h, _, _ in SINGLE_CPU_COLUMNS) + " |",
+            "|---|---|" + "---:|" * len(SINGLE_CPU_COLUMNS), *rows]
 
 
 def report(results: dict) -> str:
@@ -400,44 +487,35 @@ def report(results: dict) -> str:
     big = f"{sizes['big_bytes'] / MIB:,.0f} MiB" if sizes["big_bytes"] < 1 << 30 else \
         f"{sizes['big_bytes'] / (1 << 30):g} GiB"
 
-    def get(d: dict, *keys: str) -> Any:
-        for k in keys:
-            if not isinstance(d, dict) or k not in d:
-                return None
-            d = d[k]
-        return d
-
     lines += ["| measurement | mode | cluster | pyftpdlib | vsftpd | cluster / pyftpdlib | target |",
               "|---|---|---:|---:|---:|---:|---:|"]
-    mode_name = {"active": "active (PORT)", "passive": "passive (cluster: PRET+PASV)",
-                 "relay": "relay (PASV without PRET)"}
     for op in ("RETR", "STOR"):
         for mode in MODES:
-            vals = [get(single, s, mode, op) for s in ("cluster", *peers)]
-            lines.append(f"| {op} {big}, curl | {mode_name[mode]} | " + " | ".join(_mbs(v) for v in vals)
+            vals = [_get(single, s, mode, op) for s in ("cluster", *peers)]
+            lines.append(f"| {op} {big}, curl | {MODE_NAME[mode]} | " + " | ".join(_mbs(v) for v in vals)
                          + f" | {_ratio(vals[0], vals[1])} | >= 1.0 |")
     for mode in MODES:
-        v = get(single, NOFSYNC, mode, "STOR")
+        v = _get(single, NOFSYNC, mode, "STOR")
         if v is not None:
-            p = get(single, "pyftpdlib", mode, "STOR")
+            p = _get(single, "pyftpdlib", mode, "STOR")
             lines.append(f"| STOR {big}, curl, slave `fsync = false` (no durability, like the peers) | "
-                         f"{mode_name[mode]} | {_mbs(v)} | {_mbs(p)} | - | {_ratio(v, p)} | (no target) |")
+                         f"{MODE_NAME[mode]} | {_mbs(v)} | {_mbs(p)} | - | {_ratio(v, p)} | (no target) |")
     for op in ("RETR", "STOR"):
         for sessions, target in (("1", "0.8"), (str(sizes["sessions"]), "1.0")):
-            vals = [get(small, s, op, sessions) for s in ("cluster", *peers)]
+            vals = [_get(small, s, op, sessions) for s in ("cluster", *peers)]
             what = "1 session" if sessions == "1" else f"{sessions} sessions"
             lines.append(f"| {sizes['small_count']:,} x {op} {sizes['small_bytes'] // 1024} KiB, ftplib, "
-                         f"{what} | {mode_name['passive']} | " + " | ".join(_rate(v) for v in vals)
+                         f"{what} | {MODE_NAME['passive']} | " + " | ".join(_rate(v) for v in vals)
                          + f" | {_ratio(vals[0], vals[1])} | >= {target} |")
     cpu_rows = []
     for op in ("RETR", "STOR"):
         for sessions in ("1", str(sizes["sessions"])):
             cells = []
             for s in ("cluster", "pyftpdlib"):
-                per = get(small, s, "cpu_us", op, sessions)
+                per = _get(small, s, "cpu_us", op, sessions)
                 if per:
                     total = sum(per.values())
-                    parts = ", ".join(f"{k} {v:,.0f}" for k, v in per.items()) if len(per) > 1 else ""
+                    parts = _per_process(per) if len(per) > 1 else ""
                     cells.append(f"{total:,.0f} µs" + (f" ({parts})" if parts else ""))
                 else:
                     cells.append("-")
@@ -458,6 +536,7 @@ def report(results: dict) -> str:
         lines.append(f"| CPU time to log {sizes['idle_sessions']:,} sessions in | - | "
                      f"{c['cpu_s_logins']:.2f} s | " + (f"{p['cpu_s_logins']:.2f} s" if p else "-")
                      + " | - | - | - |")
+    lines += single_cpu_table(single, sizes["repeat"])
     lines += tail_cpu
     agg = results.get("aggregate")
     if agg:
@@ -466,7 +545,7 @@ def report(results: dict) -> str:
                   "| N slaves | mode | aggregate | N x 100 Mbit/s | ratio (target >= 0.95) | master relayed bytes | master CPU | master RSS peak |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in agg["runs"]:
-            lines.append(f"| {r['n']} | {mode_name.get(r['mode'], r['mode'])} | {r['mbit_s']:,.1f} Mbit/s | "
+            lines.append(f"| {r['n']} | {MODE_NAME.get(r['mode'], r['mode'])} | {r['mbit_s']:,.1f} Mbit/s | "
                          f"{r['ideal_mbit_s']} Mbit/s | {r['ratio']:.3f} | {r['relayed_bytes']:,} | "
                          f"{r['master_cpu_s']:.2f} s | {r['master_rss_peak'] / MIB:.0f} MiB |")
     for note in results.get("notes", []):

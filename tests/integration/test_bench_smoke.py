@@ -32,6 +32,8 @@ def test_quick_benchmark_runs(tmp_path: Path) -> None:
         for mode in ("active", "passive"):
             for op in ("RETR", "STOR"):
                 assert results["single"][server][mode][op] > 0
+                cpu = results["single"][server][mode][f"{op}_cpu_ms_per_gb"]
+                assert cpu["slave1" if server == "cluster" else server] > 0
         for op in ("RETR", "STOR"):
             assert set(results["small"][server][op]) == {"1", str(results["sizes"]["sessions"])}
     assert results["idle"]["cluster"]["rss_with_sessions"] > 0
@@ -45,5 +47,5 @@ def test_quick_benchmark_runs(tmp_path: Path) -> None:
     assert results["relayed_bytes_single_small"] == 0
     assert "vsftpd skipped" in " ".join(results["notes"])
     table = (out / "results.md").read_text()
-    assert "| RETR" in table and "Aggregate bandwidth" in table
+    assert "| RETR" in table and "Aggregate bandwidth" in table and "CPU time per GB" in table
     assert "| measurement |" in proc.stdout
