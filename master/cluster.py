@@ -65,8 +65,14 @@ class SlaveInfo:
     pool: frozenset[int] = frozenset()
     """This incarnation's pooled passive ports (SlaveUp)."""
     unlent_ports: deque[int] = field(default_factory=deque)
-    """Pooled ports not lent, least recently returned first (a port just given back, to
-    which a late client connection might still come, is lent last)."""
+    """Pooled ports known clean and not lent, least recently returned first (a port just
+    given back, to which a late client connection might still come, is lent last)."""
+    dirty_ports: set[int] = field(default_factory=set)
+    """Pooled ports that may hold a client's connection or a transfer still waiting for one:
+    each is lent again only after a ClearPort succeeds. At first sight (in this master
+    process) every port is dirty: an earlier master may have lent it."""
+    clearing_ports: set[int] = field(default_factory=set)
+    """Dirty ports with a ClearPort in flight."""
 
     def load(self, now: float) -> SlaveLoad:
         """This slave's figures for placement (rules in the module docstring)."""
@@ -110,7 +116,7 @@ class SlaveRegistry:
             info = SlaveInfo(name=msg.name, state=SlaveState.MERGING, incarnation=msg.incarnation,
                              data_host=msg.data_host, max_transfers=msg.max_transfers,
                              disk_total=msg.disk_total, disk_free=msg.disk_free,
-                             pool=frozenset(msg.passive_pool), unlent_ports=deque(msg.passive_pool))
+                             pool=frozenset(msg.passive_pool), dirty_ports=set(msg.passive_pool))
             self.slaves[msg.name] = info
             return info, True
         info.data_host = msg.data_host
@@ -196,13 +202,45 @@ class SlaveRegistry:
             return None
         return LentPort(name, info.incarnation, info.unlent_ports.popleft())
 
-    def return_port(self, lent: LentPort) -> None:
-        """`lent` may be lent again; ignored if its incarnation is gone or it is free already."""
+    def is_current(self, lent: LentPort) -> bool:
+        """`lent` belongs to the slave's current incarnation (not to a process since gone)."""
         info = self.slaves.get(lent.slave)
-        if (info is None or info.incarnation != lent.incarnation or lent.port not in info.pool
-                or lent.port in info.unlent_ports):
+        return info is not None and info.incarnation == lent.incarnation and lent.port in info.pool
+
+    def return_port(self, lent: LentPort) -> None:
+        """`lent` is clean (the slave emptied its queue) and may be lent again; ignored if
+        its incarnation is gone or it is free or dirty already."""
+        info = self.slaves.get(lent.slave)
+        if (not self.is_current(lent) or info is None or lent.port in info.unlent_ports
+                or lent.port in info.dirty_ports):
             return
         info.unlent_ports.append(lent.port)
+
+    def soil_port(self, lent: LentPort) -> None:
+        """`lent` may hold a connection nobody will take: clear it before lending it again."""
+        info = self.slaves.get(lent.slave)
+        if info is not None and self.is_current(lent) and lent.port not in info.unlent_ports:
+            info.dirty_ports.add(lent.port)
+
+    def ports_to_clear(self, name: str) -> list[LentPort]:
+        """Dirty ports of `name` (not offline) with no ClearPort in flight; they count as in
+        flight from now until `port_cleared`."""
+        info = self.slaves.get(name)
+        if info is None or info.state is SlaveState.OFFLINE:
+            return []
+        ports = sorted(info.dirty_ports - info.clearing_ports)
+        info.clearing_ports.update(ports)
+        return [LentPort(name, info.incarnation, port) for port in ports]
+
+    def port_cleared(self, lent: LentPort, ok: bool) -> None:
+        """A ClearPort's outcome: clean ports may be lent; the others stay dirty (retried)."""
+        info = self.slaves.get(lent.slave)
+        if info is None or not self.is_current(lent):
+            return
+        info.clearing_ports.discard(lent.port)
+        if ok and lent.port in info.dirty_ports:
+            info.dirty_ports.discard(lent.port)
+            info.unlent_ports.append(lent.port)
 
     def is_online(self, name: str) -> bool:
         info = self.slaves.get(name)

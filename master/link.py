@@ -25,7 +25,7 @@ import zmq
 
 from common import messages as m, wire, zmqsock
 from common.config import MasterSection
-from master.cluster import SlaveRegistry, SlaveState
+from master.cluster import LentPort, SlaveRegistry, SlaveState
 from master.opqueue import QueuedOp
 from master.relay import numeric_address
 from master.syncer import SlaveSync
@@ -38,6 +38,9 @@ ACK_DELAY_S = 0.05
 """DoneAcks wait this long to go out together (one message for many transfers); the slave
 re-sends an unacknowledged TransferDone only after seconds."""
 ACK_BATCH = 256
+POOL_RETRY_S = 5.0
+"""Dirty pooled passive ports whose ClearPort failed (the slave unreachable, or a transfer
+the master lost track of still holding the port) are tried again this often."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,7 @@ class BrokerLink:
         self._acks: dict[str, list[int]] = {}
         """DoneAcks not sent yet, by slave (see ACK_DELAY_S)."""
         self._ack_call: Any = None
+        self._pool_retry_at = 0.0
         self._sweeper: Any = None
         self._closed = False
 
@@ -366,6 +370,20 @@ class BrokerLink:
         for slave, (first, *more) in acks.items():
             self._send(m.ToSlave(slave=slave, cmd=m.DoneAck(xfer_id=first, more=more)))
 
+    def clear_pool_ports(self, slave: str) -> None:
+        """ClearPort for every dirty pooled passive port of `slave` (see SlaveInfo.dirty_ports);
+        each is lent again once the slave answers OpResult(ok)."""
+        for lent in self.registry.ports_to_clear(slave):
+            self.request(slave, m.ClearPort(req_id=0, port=lent.port),
+                         functools.partial(self._pool_port_cleared, lent))
+
+    def _pool_port_cleared(self, lent: LentPort, reply: Reply) -> None:
+        ok = isinstance(reply, m.OpResult) and reply.ok
+        if not ok:
+            log.info("pooled port %d of %s not cleared (%s): retried later", lent.port, lent.slave,
+                     reply.error if isinstance(reply, m.OpResult) else reply.reason)
+        self.registry.port_cleared(lent, ok)
+
     # ------------------------------------------------------------ slaves coming and going
     def _on_slave_up(self, msg: m.SlaveUp) -> None:
         known = self.registry.slaves.get(msg.name)
@@ -383,6 +401,7 @@ class BrokerLink:
             # it re-sends their TransferDone; stop counting down.
             for xfer_id in [x for x in self._grace if self._watchers.get(x, ("",))[0] == msg.name]:
                 del self._grace[xfer_id]
+        self.clear_pool_ports(msg.name)  # all of a new incarnation's; failed ones after an outage
         if start_merge:
             self.syncer.start(msg.name, msg.incarnation)
         elif self.registry.is_online(msg.name):
@@ -458,6 +477,10 @@ class BrokerLink:
             self._send(m.Heartbeat())
         if self.connected:
             self.syncer.tick(now)
+            if now >= self._pool_retry_at:
+                self._pool_retry_at = now + POOL_RETRY_S
+                for name in list(self.registry.slaves):
+                    self.clear_pool_ports(name)
         for xfer_id in [x for x, deadline in self._grace.items() if deadline <= now]:
             del self._grace[xfer_id]
             entry = self._watchers.get(xfer_id)

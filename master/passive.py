@@ -275,17 +275,14 @@ def drop_stored_route(h: ClusterFTPHandler) -> bool:
 
 def give_back_port(cluster: Cluster, lent: LentPort, clear: bool) -> None:
     """Return a lent pooled port to the registry. `clear`: the client may have connected to
-    it without a transfer taking the connection, so the slave closes what waits there
-    first (ClearPort) and the port is lent again only once it has."""
-    if not clear:
+    it without a transfer taking the connection (or the slave's side is unknown), so the
+    slave closes what waits there first (ClearPort) and the port is lent again only once
+    it has (master.link retries dirty ports)."""
+    if clear:
+        cluster.registry.soil_port(lent)
+        cluster.link.clear_pool_ports(lent.slave)
+    else:
         cluster.registry.return_port(lent)
-        return
-
-    def cleared(reply: Any) -> None:
-        if isinstance(reply, m.OpResult) and reply.ok:
-            cluster.registry.return_port(lent)
-
-    cluster.link.request(lent.slave, m.ClearPort(req_id=0, port=lent.port), cleared)
 
 
 def clear_route(h: ClusterFTPHandler) -> None:

@@ -305,11 +305,17 @@ class Transfer:
         session.end_deferred()
 
     def _fail_before_start(self, reply: Any) -> None:
+        if isinstance(reply, RequestFailed) and self._announced:
+            # The 150 is out and the slave may be running it (a lazy Started was still held
+            # back): end it as a lost transfer, which still records an upload's late outcome.
+            if reply.reason == "timeout":
+                self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+            self.on_lost(f"storage slave unavailable ({reply.reason})")
+            return
         self.state = State.DONE
         self.cluster.link.unwatch(self.xfer_id)
         self._finish_count()
-        # A refusal (OpResult) comes after the slave emptied the port's queue.
-        self._give_back_port(clear=not isinstance(reply, m.OpResult))
+        self._give_back_port(clear=True)  # a refusal may leave the port busy (EBUSY)
         if isinstance(reply, RequestFailed):
             if reply.reason == "timeout":
                 # The slave may still act on the command: make sure it lets go.
@@ -567,6 +573,8 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         elif must_hold and (entry is None or route.slave not in entry.slaves):
             slave, why = None, ("425 Can't open data connection: the PRET'd slave does not hold "
                                 "this file; send PRET with this command and path first.")
+        elif route.lent is not None and not h.cluster.registry.is_current(route.lent):
+            slave, why = None, "425 Can't open data connection: its slave restarted; send PASV again."
         elif rule := h.cluster.placement.rule_exclusion(
                 "upload" if kind in UPLOADS else "download", path, route.slave):
             # PRET placed the listener for another path: the path rules still apply to this one.

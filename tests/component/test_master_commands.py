@@ -404,6 +404,25 @@ def test_done_acks_of_transfers_ending_together_go_in_one_message(master: Master
         ftp.quit()
 
 
+def test_an_upload_announced_before_a_broker_loss_is_recorded_when_its_outcome_comes(
+        master: Master, broker: FakeBroker) -> None:
+    ftp = master.client()  # no StartReceive responder: the lazy Started never comes
+    wait_online(ftp)
+    ftp.sendcmd("PORT 127,0,0,1,200,20")
+    assert ftp.sendcmd("STOR /late.bin").startswith("150")
+    _, cmd = broker.expect(m.StartReceive)
+    assert cmd.lazy_started
+    broker.push(m.Disconnect(reason="broker restarted"))  # pending requests fail
+    with pytest.raises(ftplib.error_temp, match="^426 "):
+        ftp.voidresp()
+    # The slave had received the whole file; it re-sends the outcome once it is back.
+    broker.from_slave("s1", m.TransferDone(xfer_id=cmd.xfer_id, ok=True, bytes=7, size=7, crc32=1))
+    _, ack = broker.expect(m.DoneAck)
+    assert cmd.xfer_id in (ack.xfer_id, *ack.more)
+    assert ftp.size("/late.bin") == 7  # recorded, not lost
+    ftp.quit()
+
+
 def test_pret_pasv_uses_slave_listener_and_226_records_file(master: Master, broker: FakeBroker) -> None:
     broker.responders[m.Listen] = lambda s, c: [m.Listening(req_id=c.req_id, xfer_id=c.xfer_id, port=40123)]
     broker.responders[m.StartReceive] = started

@@ -4,7 +4,9 @@ once nothing a client left on it can reach the next transfer."""
 
 from __future__ import annotations
 
+import ftplib
 import re
+import signal
 import socket
 
 import pytest
@@ -69,3 +71,88 @@ def test_pool_exhausted_or_disabled_falls_back_to_listen(cluster_factory) -> Non
     with c0.ftp() as ftp:
         assert upload(ftp, "/up", b"y" * 3000, "pret").startswith("226")
         assert download(ftp, "/up", "pret") == b"y" * 3000
+
+
+def recv_all_of(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    return sock.makefile("rb").read()
+
+
+def private_range(size: int) -> list[int]:
+    """`size` consecutive ports below the ephemeral range (a slave's passive_ports)."""
+    from common.launcher import free_ports
+    base = free_ports(1)[0]
+    return [base, base + size - 1]
+
+
+def test_a_route_lent_by_a_slave_since_restarted_is_refused(cluster_factory) -> None:
+    # With passive_ports the restarted slave opens its pool on the same port again.
+    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1,
+                                               "passive_ports": private_range(4)}).start()
+    with c.ftp() as a, c.ftp() as b:
+        assert upload(a, "/of-a", b"A" * 3000, "active").startswith("226")
+        assert upload(a, "/of-b", b"B" * 3000, "active").startswith("226")
+        a.sendcmd("PRET RETR /of-a")
+        port = pasv_port(a.sendcmd("PASV"))
+        c.kill("slave1")
+        c.restart("slave1")
+        c.wait_online(["slave1"], 30)
+
+        def lent_to_b() -> bool:  # once the new process's pool is cleared
+            b.sendcmd("PRET RETR /of-b")
+            try:
+                return pasv_port(b.sendcmd("PASV")) == port
+            except ftplib.error_temp:  # the slave's link still settling: try again
+                return False
+        wait_for(lent_to_b, 15, "the restarted slave's port to be lent to b")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as data_b:
+            with pytest.raises(ftplib.error_temp, match="^425 .*restarted"):
+                a.sendcmd("RETR /of-a")  # a's route was on the old process
+            assert b.sendcmd("RETR /of-b").startswith("150")
+            assert recv_all_of(data_b) == b"B" * 3000
+        assert b.voidresp().startswith("226")
+
+
+def test_a_restarted_master_lends_no_port_a_waiting_transfer_holds(cluster_factory) -> None:
+    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1}).start()
+    with c.ftp() as a:
+        assert upload(a, "/private", b"P" * 5000, "active").startswith("226")
+        assert upload(a, "/public", b"Q" * 5000, "active").startswith("226")
+        a.sendcmd("PRET RETR /private")
+        port = pasv_port(a.sendcmd("PASV"))
+        assert a.sendcmd("RETR /private").startswith("150")  # the slave now waits on the port
+    c.kill("master")
+    c.restart("master")
+    c.wait_ready(30)
+    with c.ftp() as b:
+        b.sendcmd("PRET RETR /public")
+        other = pasv_port(b.sendcmd("PASV"))
+        assert other != port  # still held by the old transfer: not lent (Listen instead)
+        with socket.create_connection(("127.0.0.1", other), timeout=10) as data_b:
+            assert b.sendcmd("RETR /public").startswith("150")
+            assert recv_all_of(data_b) == b"Q" * 5000
+        assert b.voidresp().startswith("226")
+    # The old transfer still serves its own client.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as data_a:
+        assert recv_all_of(data_a) == b"P" * 5000
+
+
+def test_ports_given_up_while_the_slave_is_unreachable_come_back(cluster_factory) -> None:
+    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1}).start()
+    with c.ftp() as ftp:
+        ftp.sendcmd("PRET STOR /x")
+        port = pasv_port(ftp.sendcmd("PASV"))
+        c.roles["slave1"].signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: "slave1" not in c.online(), 20, "the slave to be declared offline")
+            ftp.sendcmd("ABOR")  # the route is given up: its ClearPort cannot be delivered
+        finally:
+            c.roles["slave1"].signal(signal.SIGCONT)
+        c.wait_online(["slave1"], 30)
+
+        def lent_again() -> bool:
+            ftp.sendcmd("PRET STOR /x")
+            got = pasv_port(ftp.sendcmd("PASV"))
+            ftp.sendcmd("ABOR")
+            return got == port
+        wait_for(lent_again, 15, "the pooled port to be cleared and lent again", interval=0.5)

@@ -183,37 +183,67 @@ def test_feeds_placement() -> None:
 
 # ------------------------------------------------------------------ pooled passive ports
 
-def test_pooled_ports_lent_once_and_least_recently_returned_first() -> None:
+def pooled(reg: SlaveRegistry, incarnation: str = "i1", ports: tuple[int, ...] = (40001, 40002, 40003),
+           now: float = 0.0) -> None:
+    """A slave online with every pooled port cleared (as after its ClearPorts succeeded)."""
+    reg.on_up(SlaveUp(name="s1", incarnation=incarnation, data_host="h", max_transfers=8,
+                      passive_pool=list(ports)), now=now)
+    reg.mark_online("s1")
+    for lent in reg.ports_to_clear("s1"):
+        reg.port_cleared(lent, ok=True)
+
+
+def test_ports_of_a_new_incarnation_are_lent_only_once_cleared() -> None:
     reg = SlaveRegistry()
     reg.on_up(SlaveUp(name="s1", incarnation="i1", data_host="h", max_transfers=8,
-                      passive_pool=[40001, 40002, 40003]), now=0.0)
-    assert reg.lend_port("s1") is None  # merging: nothing lent before the slave is online
+                      passive_pool=[40001, 40002]), now=0.0)
     reg.mark_online("s1")
+    assert reg.lend_port("s1") is None  # an earlier master may have lent them: dirty
+    first = reg.ports_to_clear("s1")
+    assert [p.port for p in first] == [40001, 40002]
+    assert reg.ports_to_clear("s1") == []  # ClearPorts in flight: not sent twice
+    reg.port_cleared(first[0], ok=False)  # EBUSY: a transfer still holds it
+    reg.port_cleared(first[1], ok=True)
+    lent = reg.lend_port("s1")
+    assert lent is not None and lent.port == 40002 and reg.lend_port("s1") is None
+    [retry] = reg.ports_to_clear("s1")  # the failed one is tried again
+    assert retry.port == 40001
+
+
+def test_pooled_ports_lent_once_and_least_recently_returned_first() -> None:
+    reg = SlaveRegistry()
+    pooled(reg)
     lent = [reg.lend_port("s1") for _ in range(3)]
     assert [p.port for p in lent if p is not None] == [40001, 40002, 40003]
     assert reg.lend_port("s1") is None  # all lent: the caller falls back to Listen
-    assert lent[1] is not None and lent[0] is not None
+    assert lent[1] is not None and lent[0] is not None and lent[2] is not None
     reg.return_port(lent[1])
     reg.return_port(lent[1])  # returned twice: still lent once
     reg.return_port(lent[0])
+    reg.soil_port(lent[2])  # given up with a connection maybe waiting: cleared first
     again = [reg.lend_port("s1"), reg.lend_port("s1"), reg.lend_port("s1")]
     assert [p.port if p else None for p in again] == [40002, 40001, None]
+    [dirty] = reg.ports_to_clear("s1")
+    reg.port_cleared(dirty, ok=True)
+    last = reg.lend_port("s1")
+    assert last is not None and last.port == 40003
 
 
-def test_ports_of_an_old_incarnation_are_not_lent_again() -> None:
+def test_ports_of_an_old_incarnation_are_not_lent_or_cleared_again() -> None:
     reg = SlaveRegistry()
-    reg.on_up(SlaveUp(name="s1", incarnation="i1", data_host="h", max_transfers=8,
-                      passive_pool=[40001]), now=0.0)
-    reg.mark_online("s1")
+    pooled(reg, ports=(40001,))
     old = reg.lend_port("s1")
-    assert old is not None
-    reg.on_up(SlaveUp(name="s1", incarnation="i2", data_host="h", max_transfers=8,
-                      passive_pool=[50001]), now=1.0)
-    reg.mark_online("s1")
+    assert old is not None and reg.is_current(old)
+    pooled(reg, incarnation="i2", ports=(50001,), now=1.0)
+    assert not reg.is_current(old)
     reg.return_port(old)  # the restarted slave never had 40001
+    reg.soil_port(old)
+    assert reg.ports_to_clear("s1") == []
     new = reg.lend_port("s1")
     assert new is not None and (new.port, new.incarnation) == (50001, "i2")
     assert reg.lend_port("s1") is None
     reg.on_down("s1", "i2")
     reg.return_port(new)
     assert reg.lend_port("s1") is None  # offline: nothing lent
+    reg.soil_port(new)
+    assert reg.ports_to_clear("s1") == []  # nor cleared while offline
