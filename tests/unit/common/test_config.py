@@ -177,3 +177,10 @@ def test_slave_data_host_ip_literal_is_fine(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[slave]\nname = "s1"\nroot = "/x"\ndata_bind = "0.0.0.0"\ndata_host = "::1"\n')
     assert config.load(path, SlaveConfig).slave.data_host == "::1"
+
+
+@pytest.mark.parametrize("value", ["-1", "5000", '"many"'])
+def test_slave_passive_pool_bounds(tmp_path, value):
+    message = error_for(tmp_path, f'[slave]\nname = "s1"\nroot = "/x"\npassive_pool = {value}\n',
+                        SlaveConfig)
+    assert "key slave.passive_pool:" in message and "\n" not in message
