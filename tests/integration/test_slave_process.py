@@ -391,18 +391,24 @@ def test_stor_of_a_220_byte_multibyte_name(link: tuple[FakeBroker, SlaveProc]) -
     assert [p.name for p in (slave.root / "d").iterdir()] == [name]
 
 
-def test_passive_accepts_only_allowed_ip(link: tuple[FakeBroker, SlaveProc]) -> None:
-    broker, slave = link
-    (slave.root / "f").write_bytes(b"hello")
-    xfer = broker.ids()
-    port = broker.listen(xfer, allowed_ip="127.0.0.2")
-    assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/f"), m.Started)
+def served_to_127_0_0_2_only(broker: FakeBroker, port: int, xfer: int) -> None:
+    """The transfer listening on `port` closes a connection from 127.0.0.1 unserved and sends
+    its file (b"hello") to one from 127.0.0.2."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as wrong:
         assert wrong.recv(10) == b""  # closed without data
     with socket.create_connection(("127.0.0.1", port), timeout=10,
                                   source_address=("127.0.0.2", 0)) as right:
         assert recv_all(right) == b"hello"
     assert broker.done(xfer).ok
+
+
+def test_passive_accepts_only_allowed_ip(link: tuple[FakeBroker, SlaveProc]) -> None:
+    broker, slave = link
+    (slave.root / "f").write_bytes(b"hello")
+    xfer = broker.ids()
+    port = broker.listen(xfer, allowed_ip="127.0.0.2")
+    assert isinstance(broker.request(m.StartSend, xfer_id=xfer, path="/f"), m.Started)
+    served_to_127_0_0_2_only(broker, port, xfer)
 
 
 # ---------------------------------------------------------------- pooled passive listeners
@@ -453,12 +459,7 @@ def test_pooled_listener_accepts_only_allowed_ip(make_slave) -> None:
     started = broker.request(m.StartSend, xfer_id=xfer, path="/f", pool_port=port,
                              allowed_ip="127.0.0.2")
     assert isinstance(started, m.Started)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as wrong:
-        assert wrong.recv(10) == b""  # closed without data
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=("127.0.0.2", 0)) as right:
-        assert recv_all(right) == b"hello"
-    assert broker.done(xfer).ok
+    served_to_127_0_0_2_only(broker, port, xfer)
 
 
 def test_pooled_port_lent_once_abort_and_clear(make_slave) -> None:
