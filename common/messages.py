@@ -12,7 +12,10 @@ from typing import Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""Raised when a message's meaning changes, not only its fields: the broker refuses peers of
+another version with a reason. 2: DoneAck.more (a slave of version 1 would ignore the batched
+acknowledgements and re-send those outcomes for ever), pooled passive ports, lazy_started."""
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
