@@ -29,7 +29,8 @@ def _rate(bps: float) -> str:
 def slave_lines(slaves: Iterable[SlaveInfo], now: float | None = None) -> list[str]:
     """One line per slave: ` <name> <state> free=<bytes> total=<bytes> active=<n>` (scripts
     and the launcher parse these first fields), then up=<n> down=<n> (from the last stats),
-    rx=/tx= (bytes/s), load=<load1/ncpu> and stats=<age>s (or stats=none)."""
+    rx=/tx= (bytes/s), load=<load1/ncpu> and stats=<age>s (or stats=none), then, for a slave
+    with pooled passive ports, pool=<free to lend>/<all> and dirty=<n> (waiting for ClearPort)."""
     lines = []
     for info in sorted(slaves, key=lambda s: s.name):
         stats = info.stats
@@ -44,6 +45,10 @@ def slave_lines(slaves: Iterable[SlaveInfo], now: float | None = None) -> list[s
                 line += f" stats={max(0.0, now - info.stats_at):.0f}s"
         else:
             line += " stats=none"
+        if info.pool:
+            line += f" pool={len(info.unlent_ports)}/{len(info.pool)}"
+            if info.dirty_ports:
+                line += f" dirty={len(info.dirty_ports)}"
         lines.append(line)
     return lines
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from common.messages import SlaveStats
 from master.cluster import SlaveInfo, SlaveState
 from master.placement import Selection, Verdict
@@ -15,9 +17,10 @@ def test_slave_lines_keep_the_parsed_prefix_and_append_figures() -> None:
                                        load1=2.0, ncpu=4, net_tx_bps=1500.0, net_rx_bps=12_000_000.0,
                                        active_up=1, active_down=3))
     new = SlaveInfo(name="a", state=SlaveState.MERGING, incarnation="j", data_host="h", max_transfers=4,
-                    disk_total=10, disk_free=5)
+                    disk_total=10, disk_free=5, pool=frozenset({1, 2, 3}), dirty_ports={3},
+                    unlent_ports=deque([1]))
     assert slave_lines([fresh, new], now=12.4) == [
-        " a merging free=5 total=10 active=0 stats=none",
+        " a merging free=5 total=10 active=0 stats=none pool=1/3 dirty=1",
         " b online free=40 total=100 active=2 up=1 down=3 rx=12.0M tx=1.5K load=0.50 stats=2s",
     ]
 
