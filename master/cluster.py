@@ -73,6 +73,10 @@ class SlaveInfo:
     process) every port is dirty: an earlier master may have lent it."""
     clearing_ports: set[int] = field(default_factory=set)
     """Dirty ports with a ClearPort in flight."""
+    reclear: set[int] = field(default_factory=set)
+    """Ports whose next report of being clean does not count (a give-back or a ClearPort
+    answered while a connection may have come after it): soiled while lent to a route, or
+    while their ClearPort was in flight."""
 
     def load(self, now: float) -> SlaveLoad:
         """This slave's figures for placement (rules in the module docstring)."""
@@ -214,13 +218,33 @@ class SlaveRegistry:
         if (not self.is_current(lent) or info is None or lent.port in info.unlent_ports
                 or lent.port in info.dirty_ports):
             return
+        if lent.port in info.reclear:
+            info.reclear.discard(lent.port)
+            info.dirty_ports.add(lent.port)
+            return
         info.unlent_ports.append(lent.port)
 
     def soil_port(self, lent: LentPort) -> None:
-        """`lent` may hold a connection nobody will take: clear it before lending it again."""
+        """`lent` may hold a connection nobody will take: clear it before lending it again.
+
+        `lent` may belong to an incarnation since replaced: with passive_ports the new
+        process reopens the same port numbers, and the old route's client may have connected
+        to this process's port. That port is then dirty too (if lent right now, once given
+        back: a ClearPort now would report clean a port another route holds)."""
         info = self.slaves.get(lent.slave)
-        if info is not None and self.is_current(lent) and lent.port not in info.unlent_ports:
+        if info is None or lent.port not in info.pool:
+            return
+        if lent.port in info.clearing_ports:
+            info.reclear.add(lent.port)  # the ClearPort may have run before the connection came
+        elif lent.port in info.dirty_ports:
+            return
+        elif lent.port in info.unlent_ports:
+            info.unlent_ports.remove(lent.port)
             info.dirty_ports.add(lent.port)
+        elif self.is_current(lent):
+            info.dirty_ports.add(lent.port)
+        else:
+            info.reclear.add(lent.port)  # lent to a route of the current process right now
 
     def ports_to_clear(self, name: str) -> list[LentPort]:
         """Dirty ports of `name` (not offline) with no ClearPort in flight; they count as in
@@ -238,7 +262,9 @@ class SlaveRegistry:
         if info is None or not self.is_current(lent):
             return
         info.clearing_ports.discard(lent.port)
-        if ok and lent.port in info.dirty_ports:
+        if ok and lent.port in info.reclear:
+            info.reclear.discard(lent.port)  # stays dirty: cleared once more
+        elif ok and lent.port in info.dirty_ports:
             info.dirty_ports.discard(lent.port)
             info.unlent_ports.append(lent.port)
 

@@ -383,6 +383,8 @@ class BrokerLink:
             log.info("pooled port %d of %s not cleared (%s): retried later", lent.port, lent.slave,
                      reply.error if isinstance(reply, m.OpResult) else reply.reason)
         self.registry.port_cleared(lent, ok)
+        if ok:
+            self.clear_pool_ports(lent.slave)  # one soiled while this ClearPort was in flight
 
     # ------------------------------------------------------------ slaves coming and going
     def _on_slave_up(self, msg: m.SlaveUp) -> None:

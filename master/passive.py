@@ -280,9 +280,9 @@ def give_back_port(cluster: Cluster, lent: LentPort, clear: bool) -> None:
     it has (master.link retries dirty ports)."""
     if clear:
         cluster.registry.soil_port(lent)
-        cluster.link.clear_pool_ports(lent.slave)
     else:
-        cluster.registry.return_port(lent)
+        cluster.registry.return_port(lent)  # may turn dirty after all (SlaveInfo.reclear)
+    cluster.link.clear_pool_ports(lent.slave)
 
 
 def clear_route(h: ClusterFTPHandler) -> None:

@@ -152,8 +152,16 @@ def accept_waiting(listener: socket.socket, allowed_ip: str,
     return None
 
 
+def has_pending(listener: socket.socket) -> bool:
+    """A connection waits in `listener`'s accept queue."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def drain_backlog(listener: socket.socket) -> int:
-    """Close every connection waiting in `listener`'s accept queue; returns how many."""
+    """Close every connection waiting in `listener`'s accept queue; returns how many (an
+    accept error, say EMFILE, stops early: `has_pending` tells)."""
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     closed = 0

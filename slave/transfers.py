@@ -242,6 +242,8 @@ class Transfer:
         self.listener = listener
         self.connect_to = connect_to
         self.bytes = 0
+        self.unclean = False
+        """Its pooled listener's accept queue could not be emptied at the end (see _post)."""
         self.conn: socket.socket | None = None
         """The data connection once accepted or connected."""
         self.pool_port = 0
@@ -302,6 +304,11 @@ class TransferManager:
         """Pooled passive listeners by port (open_pool), open for the slave's lifetime."""
         self.pool_busy: dict[int, int] = {}
         """Pooled port -> the transfer it is lent to, until that transfer's result is taken."""
+        self.pool_unclean: set[int] = set()
+        """Pooled ports whose accept queue a transfer could not empty at its end: refused
+        (EBUSY) until a ClearPort empties them, which the master sends after the refusal."""
+        self._probe = bytearray(INLINE_SEND_MAX)
+        """Main loop only: _send_inline's page-cache probe."""
         self.transfers: dict[int, Transfer] = {}
         self.ended: dict[int, threading.Event] = {}
         """Set by the worker once the transfer's descriptors are closed and its result posted."""
@@ -346,6 +353,9 @@ class TransferManager:
             raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
         if dropped := dataconn.drain_backlog(sock):
             log.info("pooled port %d: closed %d connection(s) nobody claimed", port, dropped)
+        if dataconn.has_pending(sock):
+            raise OSError(errno.EAGAIN, f"pooled port {port}: could not empty its accept queue")
+        self.pool_unclean.discard(port)
 
     def refused(self, msg: m.StartSend | m.StartReceive) -> None:
         """A start refused: a client connection already waiting on its pooled port goes."""
@@ -448,6 +458,8 @@ class TransferManager:
         transfer = self.transfers.pop(xfer_id, None)
         if transfer is not None and transfer.pool_port:
             self.pool_busy.pop(transfer.pool_port, None)
+            if transfer.unclean:
+                self.pool_unclean.add(transfer.pool_port)
         self.ended.pop(xfer_id, None)
 
     def expire_listeners(self, now: float) -> list[int]:
@@ -482,6 +494,8 @@ class TransferManager:
                 raise OSError(errno.ENOTCONN, f"no pooled listener on port {port}")
             if port in self.pool_busy:
                 raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
+            if port in self.pool_unclean:
+                raise OSError(errno.EBUSY, f"pooled port {port} still holds connections: clear it first")
             if connect_to is not None or not msg.allowed_ip:
                 raise OSError(errno.EINVAL, "a pooled port needs allowed_ip and no connect_to")
             self._check_capacity(xfer_id)
@@ -524,7 +538,8 @@ class TransferManager:
         socket takes every byte without blocking; True if it ended here (result posted).
         False: a worker must run (or continue) it."""
         assert t.listener is not None
-        if os.fstat(t.fd).st_size - t.start > INLINE_SEND_MAX:
+        size = os.fstat(t.fd).st_size - t.start
+        if size > INLINE_SEND_MAX or not self._cached(t.fd, t.start, size):
             return False
         listener = t.listener
         try:
@@ -555,6 +570,16 @@ class TransferManager:
         self._post(t, self._outcome(t, lambda t: self._done(t, error, os.fstat(t.fd), None)))
         return True
 
+    def _cached(self, fd: int, offset: int, size: int) -> bool:
+        """The file's bytes [offset, offset+size) are in the page cache, so sending them cannot
+        block the main loop on the disk (RWF_NOWAIT reads only cached pages)."""
+        if size <= 0:
+            return True
+        try:
+            return os.preadv(fd, [memoryview(self._probe)[:size]], offset, os.RWF_NOWAIT) == size
+        except (OSError, AttributeError):  # not cached (EAGAIN), or no RWF_NOWAIT here
+            return False
+
     def _work(self, t: Transfer) -> None:
         self._post(t, self._outcome(t, self._send if t.kind is Kind.SEND else self._receive))
 
@@ -579,8 +604,11 @@ class TransferManager:
         if t.listener is not None and t.listener.pooled:
             # A connection that arrived after ours (a client retrying) must not become
             # the next transfer's; the master lends the port again after TransferDone.
-            with contextlib.suppress(OSError):
+            try:
                 dataconn.drain_backlog(t.listener.sock)
+                t.unclean = dataconn.has_pending(t.listener.sock)
+            except OSError:
+                t.unclean = True
         self.outbox.put(done)
         t.ended.set()
 

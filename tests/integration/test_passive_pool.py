@@ -156,3 +156,36 @@ def test_ports_given_up_while_the_slave_is_unreachable_come_back(cluster_factory
             ftp.sendcmd("ABOR")
             return got == port
         wait_for(lent_again, 15, "the pooled port to be cleared and lent again", interval=0.5)
+
+
+def test_a_connection_left_for_a_refused_stale_route_never_feeds_the_next_transfer(
+        cluster_factory) -> None:
+    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1,
+                                               "passive_ports": private_range(4)}).start()
+    with c.ftp() as a, c.ftp() as b:
+        assert upload(a, "/of-b", b"B" * 3000, "active").startswith("226")
+        a.sendcmd("PRET RETR /of-b")
+        port = pasv_port(a.sendcmd("PASV"))
+        c.kill("slave1")
+        c.restart("slave1")
+        c.wait_online(["slave1"], 30)
+        wait_for(lambda: "pool=1/1" in (s := b.sendcmd("SITE SLAVES")) and "dirty=" not in s, 15,
+                 "the restarted slave's pool to be cleared")
+        # a's client connects to the port it was told (the new process reopened it), and its
+        # RETR is refused: the connection it leaves there must not reach b's transfer.
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            with pytest.raises(ftplib.error_temp, match="^425 .*restarted"):
+                a.sendcmd("RETR /of-b")
+
+        def lent_to_b() -> bool:
+            b.sendcmd("PRET STOR /of-b")
+            try:
+                return pasv_port(b.sendcmd("PASV")) == port
+            except ftplib.error_temp:
+                return False
+        wait_for(lent_to_b, 15, "the port to be cleared and lent to b")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as data_b:
+            assert b.sendcmd("STOR /of-b").startswith("150")
+            data_b.sendall(b"NEW" * 1000)
+        assert b.voidresp().startswith("226 Transfer complete: 3000 bytes")
+        assert download(b, "/of-b", "active") == b"NEW" * 1000

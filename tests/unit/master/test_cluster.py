@@ -247,3 +247,36 @@ def test_ports_of_an_old_incarnation_are_not_lent_or_cleared_again() -> None:
     assert reg.lend_port("s1") is None  # offline: nothing lent
     reg.soil_port(new)
     assert reg.ports_to_clear("s1") == []  # nor cleared while offline
+
+
+def test_a_given_up_route_of_a_replaced_incarnation_soils_the_same_port_number() -> None:
+    # With passive_ports the restarted slave reopens its pool on the same port numbers: the
+    # old route's client may have connected to the new process's port.
+    reg = SlaveRegistry()
+    pooled(reg, ports=(40001, 40002))
+    old_a, old_b = reg.lend_port("s1"), reg.lend_port("s1")
+    assert old_a is not None and old_b is not None
+    pooled(reg, incarnation="i2", ports=(40001, 40002), now=1.0)
+    held = reg.lend_port("s1")  # 40001 of the new process, lent to another route now
+    assert held is not None and held.port == 40001
+    reg.soil_port(old_b)  # 40002 is unlent here: dirty at once
+    reg.soil_port(old_a)  # 40001 is lent: dirty once given back, even "clean"
+    assert reg.lend_port("s1") is None
+    reg.return_port(held)
+    assert reg.lend_port("s1") is None
+    assert sorted(p.port for p in reg.ports_to_clear("s1")) == [40001, 40002]
+
+
+def test_a_port_soiled_while_its_clear_port_is_in_flight_is_cleared_again() -> None:
+    reg = SlaveRegistry()
+    reg.on_up(SlaveUp(name="s1", incarnation="i1", data_host="h", max_transfers=8,
+                      passive_pool=[40001]), now=0.0)
+    reg.mark_online("s1")
+    [first] = reg.ports_to_clear("s1")
+    reg.soil_port(first)  # a connection may come after the slave ran this ClearPort
+    reg.port_cleared(first, ok=True)
+    assert reg.lend_port("s1") is None
+    [again] = reg.ports_to_clear("s1")
+    reg.port_cleared(again, ok=True)
+    lent = reg.lend_port("s1")
+    assert lent is not None and lent.port == 40001

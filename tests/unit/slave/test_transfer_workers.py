@@ -8,6 +8,8 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
+
 from slave.transfers import WorkerPool, _CrcHelper
 
 
@@ -125,4 +127,28 @@ def test_inline_download_that_would_block_goes_on_in_a_worker(tmp_path: Path, mo
         assert isinstance(done, m.TransferDone) and done.ok and done.bytes == len(data)
     finally:
         manager.shutdown(5)
+        outbox.close()
+
+
+def test_inline_send_only_from_the_page_cache(tmp_path: Path) -> None:
+    from common.config import SlaveSection
+    from slave.outbox import Outbox
+    from slave.storage import Storage
+    from slave.transfers import TransferManager
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(64 * 1024))
+    outbox = Outbox()
+    manager = TransferManager(Storage(str(tmp_path)), SlaveSection(name="s1", root=str(tmp_path)), outbox)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evicted: a read would wait for the disk
+        if manager._cached(fd, 0, 64 * 1024):
+            pytest.skip("the page cache cannot be dropped on this filesystem (tmpfs?)")
+        os.pread(fd, 64 * 1024, 0)
+        assert manager._cached(fd, 0, 64 * 1024)
+        assert manager._cached(fd, 64 * 1024, 0)
+    finally:
+        os.close(fd)
         outbox.close()
