@@ -85,26 +85,40 @@ def private_range(size: int) -> list[int]:
     return [base, base + size - 1]
 
 
+def one_port_cluster_with_fixed_ports(cluster_factory):
+    """One slave with one pooled port from passive_ports: restarted, it reopens that port."""
+    return cluster_factory(slaves=1, slave_extra={"passive_pool": 1,
+                                                  "passive_ports": private_range(4)}).start()
+
+
+def route_then_restart_slave(c, ftp: ftplib.FTP, pret: str) -> int:
+    """PRET `pret` + PASV on `ftp`, then slave1 killed and restarted; the route's port."""
+    ftp.sendcmd(f"PRET {pret}")
+    port = pasv_port(ftp.sendcmd("PASV"))
+    c.kill("slave1")
+    c.restart("slave1")
+    c.wait_online(["slave1"], 30)
+    return port
+
+
+def wait_lent(ftp: ftplib.FTP, pret: str, port: int) -> None:
+    """PRET `pret` + PASV on `ftp` until the 227 names `port` (its pool cleared and free)."""
+    def lent() -> bool:
+        ftp.sendcmd(f"PRET {pret}")
+        try:
+            return pasv_port(ftp.sendcmd("PASV")) == port
+        except ftplib.error_temp:  # the slave's link still settling: try again
+            return False
+    wait_for(lent, 15, f"port {port} to be lent")
+
+
 def test_a_route_lent_by_a_slave_since_restarted_is_refused(cluster_factory) -> None:
-    # With passive_ports the restarted slave opens its pool on the same port again.
-    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1,
-                                               "passive_ports": private_range(4)}).start()
+    c = one_port_cluster_with_fixed_ports(cluster_factory)
     with c.ftp() as a, c.ftp() as b:
         assert upload(a, "/of-a", b"A" * 3000, "active").startswith("226")
         assert upload(a, "/of-b", b"B" * 3000, "active").startswith("226")
-        a.sendcmd("PRET RETR /of-a")
-        port = pasv_port(a.sendcmd("PASV"))
-        c.kill("slave1")
-        c.restart("slave1")
-        c.wait_online(["slave1"], 30)
-
-        def lent_to_b() -> bool:  # once the new process's pool is cleared
-            b.sendcmd("PRET RETR /of-b")
-            try:
-                return pasv_port(b.sendcmd("PASV")) == port
-            except ftplib.error_temp:  # the slave's link still settling: try again
-                return False
-        wait_for(lent_to_b, 15, "the restarted slave's port to be lent to b")
+        port = route_then_restart_slave(c, a, "RETR /of-a")
+        wait_lent(b, "RETR /of-b", port)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as data_b:
             with pytest.raises(ftplib.error_temp, match="^425 .*restarted"):
                 a.sendcmd("RETR /of-a")  # a's route was on the old process
@@ -160,15 +174,10 @@ def test_ports_given_up_while_the_slave_is_unreachable_come_back(cluster_factory
 
 def test_a_connection_left_for_a_refused_stale_route_never_feeds_the_next_transfer(
         cluster_factory) -> None:
-    c = cluster_factory(slaves=1, slave_extra={"passive_pool": 1,
-                                               "passive_ports": private_range(4)}).start()
+    c = one_port_cluster_with_fixed_ports(cluster_factory)
     with c.ftp() as a, c.ftp() as b:
         assert upload(a, "/of-b", b"B" * 3000, "active").startswith("226")
-        a.sendcmd("PRET RETR /of-b")
-        port = pasv_port(a.sendcmd("PASV"))
-        c.kill("slave1")
-        c.restart("slave1")
-        c.wait_online(["slave1"], 30)
+        port = route_then_restart_slave(c, a, "RETR /of-b")
         wait_for(lambda: "pool=1/1" in (s := b.sendcmd("SITE SLAVES")) and "dirty=" not in s, 15,
                  "the restarted slave's pool to be cleared")
         # a's client connects to the port it was told (the new process reopened it), and its
@@ -176,14 +185,7 @@ def test_a_connection_left_for_a_refused_stale_route_never_feeds_the_next_transf
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             with pytest.raises(ftplib.error_temp, match="^425 .*restarted"):
                 a.sendcmd("RETR /of-b")
-
-        def lent_to_b() -> bool:
-            b.sendcmd("PRET STOR /of-b")
-            try:
-                return pasv_port(b.sendcmd("PASV")) == port
-            except ftplib.error_temp:
-                return False
-        wait_for(lent_to_b, 15, "the port to be cleared and lent to b")
+        wait_lent(b, "STOR /of-b", port)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as data_b:
             assert b.sendcmd("STOR /of-b").startswith("150")
             data_b.sendall(b"NEW" * 1000)
