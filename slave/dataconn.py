@@ -135,14 +135,19 @@ def accept_from(listener: socket.socket, allowed_ip: str, deadline: float,
         conn.close()
 
 
+def has_pending(listener: socket.socket) -> bool:
+    """A connection waits in `listener`'s accept queue."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def accept_waiting(listener: socket.socket, allowed_ip: str,
                    on_refused: Callable[[str], None] | None = None) -> socket.socket | None:
     """A connection from `allowed_ip` already in `listener`'s accept queue, or None; never
     waits. Connections from other addresses found on the way are closed."""
     want = _normal_ip(allowed_ip)
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    while poller.poll(0):
+    while has_pending(listener):
         conn, peer = listener.accept()
         if _normal_ip(peer[0]) == want:
             return conn
@@ -152,20 +157,11 @@ def accept_waiting(listener: socket.socket, allowed_ip: str,
     return None
 
 
-def has_pending(listener: socket.socket) -> bool:
-    """A connection waits in `listener`'s accept queue."""
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def drain_backlog(listener: socket.socket) -> int:
     """Close every connection waiting in `listener`'s accept queue; returns how many (an
     accept error, say EMFILE, stops early: `has_pending` tells)."""
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
     closed = 0
-    while poller.poll(0):
+    while has_pending(listener):
         try:
             conn, _peer = listener.accept()
         except OSError:

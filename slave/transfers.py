@@ -260,6 +260,17 @@ class Transfer:
             if self.aborted:
                 raise Aborted()
 
+    def accepted(self, conn: socket.socket) -> None:
+        """`conn` came in on the listener: Abort can reach it, and a Listen listener (unlike
+        a pooled one) has served its purpose."""
+        self.adopt(conn)
+        self.conn = conn
+        if self.listener is not None and not self.listener.pooled:
+            self.close_socket(self.listener.sock)
+
+    def log_refused(self, ip: str) -> None:
+        log.warning("xfer %d: refused data connection from %s", self.xfer_id, ip)
+
     def abort(self) -> None:
         """Main loop: wake the worker out of accept/connect/recv/sendfile."""
         with self._lock:
@@ -543,18 +554,12 @@ class TransferManager:
             return False
         listener = t.listener
         try:
-            conn = dataconn.accept_waiting(
-                listener.sock, listener.allowed_ip,
-                on_refused=lambda ip: log.warning("xfer %d: refused data connection from %s",
-                                                  t.xfer_id, ip))
+            conn = dataconn.accept_waiting(listener.sock, listener.allowed_ip, t.log_refused)
         except OSError:
             conn = None  # the worker's accept deals with it
         if conn is None:
             return False
-        t.adopt(conn)
-        t.conn = conn
-        if not listener.pooled:
-            t.close_socket(listener.sock)
+        t.accepted(conn)
         error: OSError | None = None
         conn.setblocking(False)
         try:
@@ -617,15 +622,11 @@ class TransferManager:
         timeout = float(self.config.data_timeout)
         upload = t.kind is Kind.RECEIVE
         if t.listener is not None:
-            pooled = t.listener.pooled
             conn = dataconn.accept_from(
                 t.listener.sock, t.listener.allowed_ip, time.monotonic() + timeout,
-                on_refused=lambda ip: log.warning("xfer %d: refused data connection from %s",
-                                                  t.xfer_id, ip),
-                cancelled=(lambda: t.aborted) if pooled else None)
-            t.adopt(conn)
-            if not pooled:
-                t.close_socket(t.listener.sock)
+                on_refused=t.log_refused,
+                cancelled=(lambda: t.aborted) if t.listener.pooled else None)
+            t.accepted(conn)
         else:
             assert t.connect_to is not None
             conn = dataconn.connect_socket(self.config.data_bind, upload)
