@@ -305,11 +305,12 @@ class Transfer:
         session.end_deferred()
 
     def _fail_before_start(self, reply: Any) -> None:
+        if isinstance(reply, RequestFailed) and reply.reason == "timeout":
+            # The slave may still act on the command: make sure it lets go.
+            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
         if isinstance(reply, RequestFailed) and self._announced:
             # The 150 is out and the slave may be running it (a lazy Started was still held
             # back): end it as a lost transfer, which still records an upload's late outcome.
-            if reply.reason == "timeout":
-                self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
             self.on_lost(f"storage slave unavailable ({reply.reason})")
             return
         self.state = State.DONE
@@ -317,9 +318,6 @@ class Transfer:
         self._finish_count()
         self._give_back_port(clear=True)  # a refusal may leave the port busy (EBUSY)
         if isinstance(reply, RequestFailed):
-            if reply.reason == "timeout":
-                # The slave may still act on the command: make sure it lets go.
-                self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
             text = f"451 Requested action aborted: storage slave unavailable ({reply.reason})."
         elif isinstance(reply, m.OpResult):
             text = failure_reply(reply.error, reply.errno, 0, aborted=False)
