@@ -26,7 +26,7 @@ from pyftpdlib.utils import strerror
 
 from common import messages as m
 from common.config import MasterConfig, MasterSection
-from master import passive, site, transfers
+from master import passive, replies, site, transfers
 from master.cluster import SlaveRegistry, SlaveState
 from master.fs import SlaveCommands, VirtualFilesystem
 from master.link import BrokerLink
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 _UNQUEUED = frozenset({"ABOR", "QUIT", "STAT"})
 MAX_QUEUED_COMMANDS = 64
 """Pipelined commands waiting behind an owed reply; one more and the session is closed (421)."""
-METADATA_FAILED = "451 Requested action aborted: local error: metadata store failed."
 
 
 @dataclass
@@ -187,7 +186,7 @@ class ClusterFTPHandler(FTPHandler):
         except sqlite3.Error:
             # The metadata store failed (disk full, I/O error, locked): say so, keep the session.
             log.exception("metadata store failed during %s", cmd)
-            self.respond(METADATA_FAILED)
+            self.respond(replies.METADATA_FAILED)
             self.log_cmd(cmd, args[0] if args else "", 451, "metadata store failed")
 
     # ------------------------------------------------------------ login (scrypt off the loop)
@@ -288,8 +287,9 @@ class ClusterFTPHandler(FTPHandler):
         return path
 
     def ftp_MLSD(self, path: str) -> Any:
-        if not self.fs.isdir(path):
-            self.respond("501 No such directory.")  # RFC 3659 7.2.1
+        entry = self.fs.lookup(path)
+        if entry is None or not entry.is_dir:
+            self.respond(replies.not_a_directory(entry, "MLSD"))  # RFC 3659 7.2.1
             return None
         return passive.listing(self, super().ftp_MLSD, path)
 
@@ -347,7 +347,7 @@ class ClusterFTPHandler(FTPHandler):
             return super().ftp_MKD(path)
         except sqlite3.Error:
             log.exception("metadata store failed: MKD %s not done", path)
-            self.respond(METADATA_FAILED)
+            self.respond(replies.METADATA_FAILED)
             return None
 
     def ftp_RMD(self, path: str) -> None:
@@ -374,7 +374,7 @@ class ClusterFTPHandler(FTPHandler):
             return
         except sqlite3.Error:
             log.exception("metadata store failed: %s%r not done", change.__name__, args)
-            self.respond(METADATA_FAILED)
+            self.respond(replies.METADATA_FAILED)
             return
         if not commands:
             self.respond(ok_reply)
@@ -399,7 +399,7 @@ class ClusterFTPHandler(FTPHandler):
         # conversion to account for, so SIZE works in either TYPE.
         entry = self.fs.lookup(path)
         if entry is None or entry.is_dir:
-            self.respond(f"550 {self.fs.fs2ftp(path)} is not retrievable.")
+            self.respond(replies.not_a_file(entry))
         else:
             self.respond(f"213 {entry.size}")
 

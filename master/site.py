@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common import messages as m
+from master import replies
 from master.cluster import SlaveInfo, SlaveState
 from master.placement import Selection
 
@@ -231,11 +232,11 @@ def xcrc(h: ClusterFTPHandler, arg: str) -> None:
         h.respond("501 Invalid path.")
         return
     if not h.authorizer.has_perm(h.username, "r", path):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     entry = h.fs.lookup(path)
     if entry is None or entry.is_dir:
-        h.respond("550 No such file or directory.")
+        h.respond(replies.not_a_file(entry))
         return
     if end is not None and end > entry.size or start > entry.size:
         # RFC 1123-style 554: the range cannot be positioned within the file.

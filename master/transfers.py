@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
-from master import passive
+from master import passive, replies
 from master.cluster import LentPort
 from master.fs import reserved_name
 from master.link import RequestFailed
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOADS = frozenset({"STOR", "APPE", "STOU"})
-METADATA_FAILED = "451 Requested action aborted: local error: metadata store failed."
 LATE_DONE_GRACE_S = 120.0
 """How long an upload whose slave became unreachable still waits for its TransferDone
 (the slave re-sends it once the broker is back), so the bytes are recorded."""
@@ -86,11 +85,13 @@ def pick_upload(cluster: Cluster, path: str, entry: Entry | None, must_hold: boo
 def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) -> str:
     """Reply refusing an upload to `path`, or "" if it may go ahead."""
     if reserved_name(path):
-        return "553 File name not allowed."  # RFC 959 553
+        return replies.FILE_NAME_NOT_ALLOWED  # RFC 959 553
     if path == "/" or (entry is not None and entry.is_dir):
-        return "550 Is a directory."
-    if parent is None or not parent.is_dir:
-        return "550 No such file or directory."
+        return replies.IS_A_DIRECTORY
+    if parent is None:
+        return replies.NO_SUCH_FILE
+    if not parent.is_dir:
+        return replies.NOT_A_DIRECTORY
     return ""
 
 
@@ -114,7 +115,7 @@ def failure_reply(error: str, errno: int, bytes_moved: int, aborted: bool) -> st
             return f"425 Can't open data connection{text}."
         return f"426 Connection closed; transfer aborted{text}."
     if errno == errno_mod.ENOENT:
-        return "550 No such file or directory."
+        return replies.NO_SUCH_FILE
     return f"451 Requested action aborted: local error in processing{text}."
 
 
@@ -374,7 +375,7 @@ class Transfer:
         assert msg is not None
         relay_ok, relay_error = self._relay_result or (True, "")
         if self._unrecorded:
-            text = METADATA_FAILED
+            text = replies.METADATA_FAILED
         elif msg.ok and relay_ok:
             text = done_reply(msg)
         elif msg.ok:
@@ -496,7 +497,7 @@ def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int,
     now = h.cluster.clock()
     if kind == "RETR":
         if entry is None or entry.is_dir:
-            return None, "550 No such file or directory."
+            return None, replies.not_a_file(entry)
         return pick_download(h.cluster, entry, now)
     if kind == "STOU":
         entry = None
@@ -508,7 +509,7 @@ def retr(h: ClusterFTPHandler, path: str) -> None:
     rest = h.take_restart_position()
     entry = h.fs.lookup(path)
     if entry is None or entry.is_dir:
-        h.respond("550 No such file or directory.")
+        h.respond(replies.not_a_file(entry))
         return
     if refusal := rest_refusal(rest, entry):
         h.respond(refusal)
@@ -525,7 +526,7 @@ def stor(h: ClusterFTPHandler, path: str, kind: str = "STOR") -> None:
     parent = h.fs.lookup(posixpath.dirname(path) or "/")
     refusal = check_upload_target(entry, parent, path)
     if not refusal and rest:
-        refusal = "550 No such file or directory." if entry is None else rest_refusal(rest, entry)
+        refusal = replies.NO_SUCH_FILE if entry is None else rest_refusal(rest, entry)
     if refusal:
         h.respond(refusal)
         return

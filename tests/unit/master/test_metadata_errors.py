@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from common import messages as m
-from master.transfers import METADATA_FAILED, State, Transfer
+from master.replies import METADATA_FAILED
+from master.transfers import State, Transfer
 
 
 class _FailingVFS:
