@@ -10,7 +10,6 @@ slaves.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import posixpath
@@ -21,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from common import messages as m
+from master import mlsx
 from master.opqueue import QueuedOp
-from master.vfs import LISTDIR_BATCH, Entry
+from master.vfs import Entry
 
 if TYPE_CHECKING:
     from master.vfs import VirtualFS
@@ -63,12 +63,6 @@ def virtual_norm(path: str, cwd: str = "/") -> str:
     return norm if norm.startswith("/") else "/"
 
 
-def stable_ino(path: str) -> int:
-    """Inode number for the MLSD `unique` fact: stable for a path across restarts."""
-    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogatepass"),
-                                          digest_size=7).digest(), "big")
-
-
 def _oserror(code: int, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
 
@@ -83,10 +77,7 @@ class VirtualFilesystem(AbstractedFS):
         self._online: Callable[[], list[str]] = cluster.online_slaves
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
-        self._cache: dict[str, Entry] = {}
-        """Entries of the listing being produced, for its own stat() calls only."""
-        self._listings = 0
-        """Listings (LIST/MLSD/STAT of a directory) being iterated right now."""
+        """Made-up ids for owner and group names, so that stat() results format as LIST does."""
         home = virtual_norm(root or "/")
         if home != "/" and self.isdir(home):
             self._cwd = home
@@ -108,13 +99,9 @@ class VirtualFilesystem(AbstractedFS):
         return virtual_norm(path, self.cwd)
 
     # -- lookups
-    def _entry(self, path: str, cached: bool = False) -> Entry:
+    def _entry(self, path: str) -> Entry:
         if has_nul(path):
             raise _oserror(errno.EINVAL, path)
-        if cached and self._listings:
-            hit = self._cache.get(path)
-            if hit is not None:
-                return hit
         entry = self.vfs.lookup(path)
         if entry is None:
             raise _oserror(errno.ENOENT, path)
@@ -147,23 +134,43 @@ class VirtualFilesystem(AbstractedFS):
 
     def listdir(self, path: str) -> Listing:
         """The names in directory `path`, streamed (see Listing). Raises OSError at once."""
-        return Listing(self, self.vfs.listdir(path, with_slaves=False))
+        return Listing(self.vfs.listdir(path, with_slaves=False))
 
     def format_list(self, basedir: str, listing: Any, ignore_err: bool = True) -> Iterator[bytes]:
-        """`ls -l` lines as pyftpdlib makes them, built straight from the streamed entries
-        (no stat_result per entry: a 10,000-entry LIST costs a few tens of ms)."""
-        if not isinstance(listing, Listing):
-            lines: Iterator[bytes] = super().format_list(basedir, listing, ignore_err)
-            return lines
-        return self._ls_lines(listing)
+        """`ls -l` lines as pyftpdlib makes them, built straight from the entries (no
+        stat_result per entry: a 10,000-entry LIST costs a few tens of ms)."""
+        return self._ls_lines(self._entries_of(basedir, listing, ignore_err))
 
-    def _ls_lines(self, listing: Listing) -> Iterator[bytes]:
+    def format_mlsx(self, basedir: str, listing: Any, perms: str, facts: Any,
+                    ignore_err: bool = True) -> Iterator[bytes]:
+        """RFC 3659 fact lines (see master.mlsx) for MLSD (a Listing) and MLST (one name)."""
+        channel = self.cmd_channel
+        timefunc = time.gmtime if channel.use_gmt_times else time.localtime
+        encoding, errors = channel.encoding, channel.unicode_errors
+        for entry in self._entries_of(basedir, listing, ignore_err):
+            line = mlsx.facts_line(entry, entry.name, perms, facts, timefunc)
+            yield f"{line}\r\n".encode(encoding, errors)
+
+    def _entries_of(self, basedir: str, listing: Any, ignore_err: bool) -> Iterator[Entry]:
+        """The entries of a streamed Listing, or of the names pyftpdlib passes for STAT/MLST."""
+        if isinstance(listing, Listing):
+            yield from listing.entries()
+            return
+        for name in listing:
+            entry = self.lookup(posixpath.join(basedir, name))
+            if entry is None:
+                if ignore_err:
+                    continue
+                raise _oserror(errno.ENOENT, name)
+            yield entry
+
+    def _ls_lines(self, entries: Iterator[Entry]) -> Iterator[bytes]:
         channel = self.cmd_channel
         timefunc = time.gmtime if channel.use_gmt_times else time.localtime
         encoding, errors = channel.encoding, channel.unicode_errors
         now = time.time()
         dates: dict[int, str] = {}
-        for entry in listing.entries():
+        for entry in entries:
             second = int(entry.mtime)
             date = dates.get(second)
             if date is None:
@@ -176,23 +183,6 @@ class VirtualFilesystem(AbstractedFS):
                 head = f"-rw-r--r--   1 {entry.owner:<8} {entry.group:<8} {entry.size:>8}"
             yield f"{head} {date} {entry.name}\r\n".encode(encoding, errors)
 
-    def _remember(self, entry: Entry) -> None:
-        """Keep `entry` for the stat() that format_list/format_mlsx make right after reading
-        its name (bounded: at most two VFS batches are kept). Only while a listing is being
-        iterated: MLST or STAT afterwards always read the VFS (another session may have
-        changed the entry)."""
-        if len(self._cache) >= 2 * LISTDIR_BATCH:
-            self._cache.clear()
-        self._cache[entry.path] = entry
-
-    def _listing_started(self) -> None:
-        self._listings += 1
-
-    def _listing_ended(self) -> None:
-        self._listings = max(0, self._listings - 1)
-        if not self._listings:
-            self._cache.clear()
-
     def _id(self, name: str) -> int:
         ident = self._ids.get(name)
         if ident is None:
@@ -201,12 +191,18 @@ class VirtualFilesystem(AbstractedFS):
             self._names[ident] = name
         return ident
 
+    def get_user_by_uid(self, uid: int) -> str:
+        return self._names.get(uid, "owner")
+
+    def get_group_by_gid(self, gid: int) -> str:
+        return self._names.get(gid, "group")
+
     def stat(self, path: str) -> os.stat_result:
-        entry = self._entry(path, cached=True)
+        entry = self._entry(path)
         mode = DIR_MODE if entry.is_dir else FILE_MODE
         size = 0 if entry.is_dir else entry.size
         mtime = entry.mtime
-        return os.stat_result((mode, stable_ino(entry.path), 0, 2 if entry.is_dir else 1,
+        return os.stat_result((mode, mlsx.stable_ino(entry.path), 0, 2 if entry.is_dir else 1,
                                self._id(entry.owner), self._id(entry.group), size,
                                mtime, mtime, mtime))
 
@@ -221,12 +217,6 @@ class VirtualFilesystem(AbstractedFS):
     def getmtime(self, path: str) -> float:
         return self._entry(path).mtime
 
-    def get_user_by_uid(self, uid: int) -> str:
-        return self._names.get(uid, "owner")
-
-    def get_group_by_gid(self, gid: int) -> str:
-        return self._names.get(gid, "group")
-
     def readlink(self, path: str) -> str:
         raise _oserror(errno.EINVAL, path)
 
@@ -235,7 +225,6 @@ class VirtualFilesystem(AbstractedFS):
         return getattr(self.cmd_channel, "username", "") or "ftpcluster"
 
     def mkdir(self, path: str) -> None:
-        self._cache.clear()
         if reserved_name(path):
             raise FilesystemError("File name not allowed.")
         self.vfs.mkdir(path, self._owner(), DEFAULT_GROUP, time.time())
@@ -245,7 +234,6 @@ class VirtualFilesystem(AbstractedFS):
         return set(self.vfs.known_slaves()) | set(self._online())
 
     def rmdir(self, path: str) -> SlaveCommands:
-        self._cache.clear()
         if path == "/":
             raise FilesystemError("Can't remove root directory.")
         with self.vfs.transaction():
@@ -256,14 +244,12 @@ class VirtualFilesystem(AbstractedFS):
                                     for slave in sorted(self._every_slave()))
 
     def remove(self, path: str) -> SlaveCommands:
-        self._cache.clear()
         with self.vfs.transaction():
             entry = self.vfs.remove(path)
             return self.vfs.enqueue((slave, m.Delete(req_id=0, path=path))
                                     for slave in sorted(entry.slaves))
 
     def rename(self, src: str, dst: str) -> SlaveCommands:
-        self._cache.clear()
         if src == "/" or dst == "/":
             raise _oserror(errno.EINVAL, src)
         if reserved_name(dst):
@@ -277,7 +263,6 @@ class VirtualFilesystem(AbstractedFS):
                                     for slave in sorted(holders))
 
     def utime(self, path: str, timeval: float) -> None:
-        self._cache.clear()
         self._entry(path)
         self.vfs.set_mtime(path, timeval)
 
@@ -296,30 +281,21 @@ class VirtualFilesystem(AbstractedFS):
 
 
 class Listing:
-    """A directory's names for pyftpdlib's LIST/MLSD, streamed from the VFS in batches.
+    """A directory's entries for LIST/NLST/MLSD, streamed from the VFS in batches.
 
     pyftpdlib calls sort() (the VFS already yields names in order), then format_list or
-    format_mlsx pulls names 20 at a time per producer call and stats each one right away:
-    every entry read is remembered by the filesystem so that stat() is served from the
-    batch instead of one SQLite query per entry. Nothing holds the whole listing.
+    format_mlsx pulls lines 20 at a time per producer call, each built from its entry:
+    nothing holds the whole listing and no entry is looked up twice.
     """
 
-    def __init__(self, fs: VirtualFilesystem, entries: Iterator[Entry]) -> None:
-        self._fs = fs
+    def __init__(self, entries: Iterator[Entry]) -> None:
         self._entries = entries
 
     def sort(self) -> None:
         """Already sorted by name (the VFS order)."""
 
     def __iter__(self) -> Iterator[str]:
-        fs = self._fs
-        fs._listing_started()
-        try:
-            for entry in self._entries:
-                fs._remember(entry)
-                yield entry.name
-        finally:  # exhausted, or closed (transfer aborted, producer dropped)
-            fs._listing_ended()
+        return (entry.name for entry in self._entries)
 
     def entries(self) -> Iterator[Entry]:
         return self._entries

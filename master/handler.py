@@ -26,7 +26,7 @@ from pyftpdlib.utils import strerror
 
 from common import messages as m
 from common.config import MasterConfig, MasterSection
-from master import passive, replies, site, transfers
+from master import mlsx, passive, replies, site, transfers
 from master.cluster import SlaveRegistry, SlaveState
 from master.fs import SlaveCommands, VirtualFilesystem
 from master.link import BrokerLink
@@ -119,6 +119,8 @@ class ClusterFTPHandler(FTPHandler):
         """ALLO's byte count, for the next upload's placement (reset when it is dispatched)."""
         super().__init__(conn, server, ioloop=ioloop)
         self._extra_feats += ["PRET", "XCRC"]
+        self._available_facts = list(mlsx.AVAILABLE_FACTS)
+        self._current_facts = list(mlsx.DEFAULT_FACTS)
 
     # ------------------------------------------------------------ session lifecycle
     def handle(self) -> None:

@@ -1,5 +1,6 @@
 """What real clients need from the master's replies: RFC 959/3659 reply codes for paths
-that name nothing or the wrong type, and rclone into a directory that does not exist yet."""
+that name nothing or the wrong type, rclone into a directory that does not exist yet, and
+RFC 3659 facts that lftp turns into real modes."""
 
 from __future__ import annotations
 
@@ -111,3 +112,26 @@ def test_rclone_copy_check_sync_into_a_new_nested_directory(cluster: Cluster, rc
     _run([*base, "sync", remote, str(back)])
     for name in ("a.txt", "sub/b.bin", "empty"):
         assert (back / name).read_bytes() == (source / name).read_bytes(), name
+
+
+def test_lftp_cls_shows_the_real_modes(cluster: Cluster) -> None:
+    lftp = shutil.which("lftp")
+    if not lftp:
+        pytest.skip("lftp is not installed (apt-get install lftp)")
+    with cluster.ftp() as ftp:
+        try:
+            ftp.mkd("/modes")
+        except ftplib.error_perm:
+            pass
+        ftp.mkd("/modes/dir")
+        upload(ftp, "/modes/file.txt", b"x" * 10, "active")
+    out = _run([lftp, "-u", f"{ADMIN_USER},{ADMIN_PASSWORD}", "-p", str(cluster.ftp_port),
+                "-e", "set cmd:fail-exit true; cls -l --user --group /modes/; quit",
+                "127.0.0.1"])
+    lines = sorted(line.split() for line in out.splitlines() if line.strip())
+    assert [(f[0], f[1], f[-1]) for f in lines] == [
+        ("-rw-r--r--", ADMIN_USER, "/modes/file.txt"),
+        ("drwxr-xr-x", ADMIN_USER, "/modes/dir/"),
+    ]
+    # lftp cuts a group name to its 8-column field.
+    assert all(len(f[2]) >= 8 and "ftpcluster".startswith(f[2]) for f in lines), lines

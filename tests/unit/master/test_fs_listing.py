@@ -11,7 +11,7 @@ from pyftpdlib.filesystems import AbstractedFS
 
 from common import messages as m
 from master.fs import Listing, VirtualFilesystem
-from master.vfs import LISTDIR_BATCH, VirtualFS
+from master.vfs import VirtualFS
 
 
 class _Cluster:
@@ -44,20 +44,13 @@ def fs() -> Iterator[VirtualFilesystem]:
     vfs.close()
 
 
-def test_listing_streams_and_stat_needs_no_query(fs: VirtualFilesystem) -> None:
+def test_listing_streams_names_in_order(fs: VirtualFilesystem) -> None:
     listing = fs.listdir("/big")
     assert isinstance(listing, Listing)
     listing.sort()  # pyftpdlib calls it; already in order
-    seen = 0
-    for name in listing:
-        before = fs.vfs._db.total_changes
-        st = fs.stat(f"/big/{name}")  # from the batch just read
-        assert fs.vfs._db.total_changes == before
-        seen += 1
-        assert len(fs._cache) <= 2 * LISTDIR_BATCH
-        if name == "e00007":
-            assert st.st_size == 7
-    assert seen == 3002
+    names = list(listing)
+    assert len(names) == 3002
+    assert names[:2] == ["e00000", "e00001"] and names[-2:] == ["sub", "zz"]
 
 
 def test_list_lines_match_pyftpdlib(fs: VirtualFilesystem) -> None:
@@ -67,25 +60,25 @@ def test_list_lines_match_pyftpdlib(fs: VirtualFilesystem) -> None:
     assert mine[-1].startswith(b"-rw-r--r--   1 bob      staff    123456789 ")
 
 
-def test_listing_cache_ends_with_the_listing(fs: VirtualFilesystem) -> None:
-    """MLST/STAT after a listing read the VFS: another session may have changed the entry."""
+def test_mlsd_lines_are_rfc3659(fs: VirtualFilesystem) -> None:
+    lines = [line.decode() for line in fs.format_mlsx(
+        "/big", fs.listdir("/big"), "elradfmwMT",
+        ["type", "size", "modify", "perm", "unix.mode", "unix.ownername", "unix.groupname"])]
+    assert len(lines) == 3002
+    assert lines[-2] == ("modify=20170714024000;perm=cdeflmp;size=0;type=dir;unix.groupname=users;"
+                         "unix.mode=0755;unix.ownername=alice; sub\r\n")
+    assert lines[-1].startswith("modify=")
+    assert lines[-1].endswith(";perm=adfrw;size=123456789;type=file;unix.groupname=staff;"
+                              "unix.mode=0644;unix.ownername=bob; zz\r\n")
+
+
+def test_mlst_reads_the_current_entry(fs: VirtualFilesystem) -> None:
+    """MLST after a listing reads the VFS: another session may have changed the entry."""
     names = iter(fs.listdir("/big"))
     assert next(names) == "e00000"
-    assert fs.stat("/big/e00000").st_size == 0  # served from the listing's batch
-    for _ in names:
-        pass
-    assert fs._cache == {}
-    # Another session replaces the file right after the listing ended.
     fs.vfs.record_upload("/big/e00001", "s1", 4242, None, time.time(), "bob", "staff")
-    assert fs.stat("/big/e00001").st_size == 4242
-
-
-def test_listing_cache_dropped_when_listing_is_abandoned(fs: VirtualFilesystem) -> None:
-    names = iter(fs.listdir("/big"))
-    next(names)
-    next(names)
-    assert fs._cache
-    names.close()  # an aborted LIST/MLSD: the producer and its generator are dropped
-    assert fs._cache == {}
-    fs.vfs.record_upload("/big/e00000", "s1", 77, None, time.time(), "bob", "staff")
-    assert fs.stat("/big/e00000").st_size == 77
+    [line] = fs.format_mlsx("/big", ["e00001"], "r", ["size"], ignore_err=False)
+    assert line == b"size=4242; e00001\r\n"
+    with pytest.raises(OSError):
+        list(fs.format_mlsx("/big", ["missing"], "r", ["size"], ignore_err=False))
+    assert list(fs.format_mlsx("/big", ["missing"], "r", ["size"], ignore_err=True)) == []
