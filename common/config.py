@@ -65,6 +65,9 @@ class SlaveSection(_Section, frozen=True):
     name: Name
     root: str
     """Storage directory; the slave never touches a path outside it."""
+    create_root: bool = False
+    """Create `root` when it is missing; by default a missing root stops the slave, so a typo
+    never starts an empty store."""
     broker_endpoint: str = "tcp://127.0.0.1:5551"
     stats_endpoint: str = "tcp://127.0.0.1:5552"
     data_bind: str = "127.0.0.1"

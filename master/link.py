@@ -25,6 +25,7 @@ import zmq
 
 from common import messages as m, wire, zmqsock
 from common.config import MasterSection
+from common.repeating import broker_unreachable
 from master.cluster import LentPort, SlaveRegistry, SlaveState
 from master.opqueue import QueuedOp
 from master.relay import numeric_address
@@ -156,6 +157,7 @@ class BrokerLink:
         self._pool_retry_at = 0.0
         self._sweeper: Any = None
         self._closed = False
+        self._unreachable = broker_unreachable()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -467,6 +469,7 @@ class BrokerLink:
 
     def _tick_once(self) -> None:
         now = self.clock()
+        self._warn_if_unreachable(now)
         silent_limit = self.heartbeat_s * self.liveness
         if self._hello_pending:
             self._send_hello()
@@ -494,6 +497,16 @@ class BrokerLink:
             pending = self._pending.pop(req_id, None)
             if pending is not None:
                 self._safe_call(pending.callback, RequestFailed("timeout"))
+
+    def _warn_if_unreachable(self, now: float) -> None:
+        if self.connected:
+            if (lasted := self._unreachable.cleared(now)) is not None:
+                log.warning("the broker answers again after %.0f s out of reach", lasted)
+        elif (lasted := self._unreachable.holds(now)) is not None:
+            log.warning("cannot reach the broker at %s for %.0f s: check that the broker is "
+                        "running and that master.broker_endpoint is its master endpoint "
+                        "(broker.master_endpoint in the broker's config); no slave can be used until then",
+                        self.config.broker_endpoint, lasted)
 
     def _tick_error(self) -> None:
         log.exception("error in the broker link timer")

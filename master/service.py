@@ -25,6 +25,7 @@ from pyftpdlib.servers import FTPServer
 
 from common import log as common_log, sdnotify
 from common.config import ConfigError, MasterConfig, UserEntry, load
+from common.repeating import RepeatingWarning
 from master.cluster import SlaveRegistry
 from master.handler import Cluster, build_handler
 from master.link import BrokerLink
@@ -36,6 +37,7 @@ from master.vfs import VirtualFS
 log = logging.getLogger("master")
 
 DEMO_PASSWORD = "demo"
+NO_USERS_WARN_EVERY_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -153,6 +155,19 @@ def run(config_path: str) -> int:
             for call in ready_check:
                 call.cancel()
 
+    no_users = RepeatingWarning(after=0, every=NO_USERS_WARN_EVERY_S)
+
+    def warn_if_no_users() -> None:
+        now = time.monotonic()
+        if handler.authorizer.user_table:
+            no_users.cleared(now)
+        elif no_users.holds(now) is not None:
+            log.warning("no users in %s: nobody can log in; add a [[users]] entry (its "
+                        "password_hash from `ftpcluster hash-password`) and send SIGHUP",
+                        config_path)
+
+    warn_if_no_users()
+    ioloop.call_every(1.0, warn_if_no_users)
     ready_check = [ioloop.call_every(0.1, notify_ready)]
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)

@@ -30,9 +30,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
+from common.repeating import broker_unreachable
 from slave.outbox import JobPool, Outbox, checksum_job
 from slave.stats import StatsSampler
-from slave.storage import Storage
+from slave.storage import Storage, StorageRootMissing
 from slave.transfers import Kind, TransferManager
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class SlaveService:
         """Orders this process against another slave of the same name (the newer wins)."""
         self.exit_status = 0
         self.data_host = self.cfg.data_host or self.cfg.data_bind
-        self.storage = Storage(self.cfg.root)
+        self.storage = Storage(self.cfg.root, create=self.cfg.create_root)
         self.outbox = Outbox()
         self.jobs = JobPool(self.outbox)
         self.transfers = TransferManager(self.storage, self.cfg, self.outbox)
@@ -113,6 +114,7 @@ class SlaveService:
         self.draining = False
         self.drain_deadline = 0.0
         self.drain_logged = False
+        self.unreachable = broker_unreachable()
 
     # ------------------------------------------------------------ sending
 
@@ -197,6 +199,7 @@ class SlaveService:
         return max(0.0, min(due) - now)
 
     def on_timers(self, now: float) -> None:
+        self.warn_if_unreachable(now)
         if self.welcomed and now - self.last_recv > self.heartbeat_s * self.liveness:
             log.warning("broker silent for %.1f s; saying hello again", now - self.last_recv)
             self.welcomed = False
@@ -223,6 +226,16 @@ class SlaveService:
                 self.send(started)
         for xfer_id in self.transfers.expire_listeners(now):
             log.info("xfer %d: passive listener expired unused", xfer_id)
+
+    def warn_if_unreachable(self, now: float) -> None:
+        if self.welcomed:
+            if (lasted := self.unreachable.cleared(now)) is not None:
+                log.warning("the broker answers again after %.0f s out of reach", lasted)
+        elif (lasted := self.unreachable.holds(now)) is not None:
+            log.warning("cannot reach the broker at %s for %.0f s: check that the broker is "
+                        "running and that slave.broker_endpoint is its slave endpoint "
+                        "(broker.slave_endpoint in the broker's config); this slave serves "
+                        "nothing until then", self.cfg.broker_endpoint, lasted)
 
     def send_progress(self) -> None:
         """TransferProgress for every running transfer whose byte count (kept by its worker)
@@ -457,4 +470,9 @@ def run(config_path: str) -> int:
     """Entry point used by `ftpcluster slave --config FILE`; raises ConfigError."""
     config = cfgmod.load(config_path, cfgmod.SlaveConfig)
     logmod.setup(f"slave:{config.slave.name}", config.log.level)
-    return SlaveService(config).run()
+    try:
+        service = SlaveService(config)
+    except StorageRootMissing as exc:
+        raise cfgmod.ConfigError(f"{config_path}: key slave.root: {exc} (fix the path, or set "
+                                 "create_root = true to create it)") from None
+    return service.run()

@@ -39,12 +39,22 @@ def _mtime_ms(st: os.stat_result) -> int:
     return st.st_mtime_ns // 1_000_000
 
 
+class StorageRootMissing(Exception):
+    def __init__(self, root: str, problem: str) -> None:
+        super().__init__(f"{root} {problem}")
+        self.root, self.problem = root, problem
+
+
 class Storage:
     """One storage root. Virtual paths are absolute ("/a/b"); "/" is the root itself."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         path = Path(root)
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not path.is_dir():
+            raise StorageRootMissing(str(path), "not a directory" if path.exists()
+                                     else "does not exist")
         self.root = Path(os.path.realpath(path))
 
     # ------------------------------------------------------------ path mapping
