@@ -10,21 +10,21 @@ so that an upload's outcome is recorded even after the client left) and RemoteTr
 
 from __future__ import annotations
 
-import enum
-import errno as errno_mod
+import collections
 import logging
 import posixpath
 import secrets
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from common import messages as m
-from master import passive, replies
+from master import passive, replies, transfer_state as ts
 from master.cluster import LentPort
 from master.fs import reserved_name
 from master.link import RequestFailed
 from master.placement import Selection
+from master.transfer_state import UPLOADS
 from master.vfs import Entry
 
 if TYPE_CHECKING:
@@ -33,14 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UPLOADS = frozenset({"STOR", "APPE", "STOU"})
-LATE_DONE_GRACE_S = 120.0
-"""How long an upload whose slave became unreachable still waits for its TransferDone
-(the slave re-sends it once the broker is back), so the bytes are recorded."""
-
-_DATA_CONN_ERRNOS = frozenset({errno_mod.ECONNREFUSED, errno_mod.ETIMEDOUT, errno_mod.ECONNRESET,
-                               errno_mod.EPIPE, errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH,
-                               errno_mod.ECONNABORTED})
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -103,27 +95,6 @@ def rest_refusal(rest: int, entry: Entry) -> str:
     return ""
 
 
-def failure_reply(error: str, errno: int, bytes_moved: int, aborted: bool) -> str:
-    """The final reply for a transfer that did not complete."""
-    text = f": {error}" if error else ""
-    if aborted:
-        return f"426 Transfer aborted; {bytes_moved} bytes transmitted."
-    if errno in (errno_mod.ENOSPC, errno_mod.EDQUOT):
-        return "452 Insufficient storage space on the slave."
-    if errno in _DATA_CONN_ERRNOS:
-        if bytes_moved == 0:
-            return f"425 Can't open data connection{text}."
-        return f"426 Connection closed; transfer aborted{text}."
-    if errno == errno_mod.ENOENT:
-        return replies.NO_SUCH_FILE
-    return f"451 Requested action aborted: local error in processing{text}."
-
-
-def done_reply(msg: m.TransferDone) -> str:
-    crc = f", CRC32 {msg.crc32:08X}" if msg.crc32 is not None else ""
-    return f"226 Transfer complete: {msg.bytes} bytes{crc}."
-
-
 def unique_name(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(4)}"
 
@@ -168,16 +139,11 @@ class RemoteTransfer:
 
 # ---------------------------------------------------------------- one dispatched transfer
 
-class State(enum.Enum):
-    PREPARING = "preparing"
-    """Listen (relay) or StartSend/StartReceive sent, no Started yet."""
-    STARTED = "started"
-    DONE = "done"
-
-
 class Transfer:
-    """RETR/STOR/APPE/STOU on one slave. Watches its xfer_id on the link; replies to its
-    session while attached; records uploads whether or not the session is still there."""
+    """The shell around one TransferMachine: turns the link's replies, the relay's end, the
+    client's abort and timers into events, and carries out the machine's actions on the
+    session, the broker link, the registry, the relay and the VFS. Outlives its session so
+    that an upload's outcome is recorded even after the client left."""
 
     old_holders: frozenset[str] | None = None
     """A plain STOR over an existing file: the slaves holding the old content. A failed
@@ -199,255 +165,184 @@ class Transfer:
         self.relay = relay
         self.owner = session.username or "ftpcluster"
         self.created = time.monotonic()
-        self.state = State.PREPARING
-        self._counted = False
-        self._done: m.TransferDone | None = None
+        self.machine = ts.TransferMachine(kind, path, relayed=relay is not None)
         self.reserve_bytes = 0
         """Upload size announced by ALLO, reserved on the slave for placement."""
-        self._relay_result: tuple[bool, str] | None = None
-        self._replied = False
-        self._announced = False
+        self.connect_to: tuple[str, int] | None = None
+        """Active mode: the client's PORT/EPRT address the slave connects to."""
         self._start_req = 0
-        """The start request's req_id while its Started may still come (see on_done)."""
+        """The start request's req_id while its Started may still come (CancelStart)."""
         self._reported = 0
         """Bytes the slave last reported moving (TransferProgress)."""
-        self._unrecorded = False
-        """The upload's outcome is not recorded yet: the metadata store failed."""
+        self._events: collections.deque[ts.Event] = collections.deque()
+        self._feeding = False
 
     @property
     def is_upload(self) -> bool:
-        return self.kind in UPLOADS
+        return self.machine.is_upload
+
+    @property
+    def state(self) -> ts.State:
+        return self.machine.state
 
     def progress(self) -> int:
         """Bytes moved so far: the relay's count, else the slave's TransferProgress (about
         once a second), the final count once TransferDone arrived."""
         if self.relay is not None:
             return self.relay.bytes
-        if self._done is not None:
-            return self._done.bytes
+        if self.machine.done is not None:
+            return self.machine.done.bytes
         return self._reported
 
-    def on_progress(self, moved: int) -> None:
-        """The link: TransferProgress from this transfer's slave."""
-        self._reported = max(self._reported, moved)
-
-    # -- start
+    # -- inputs: what the link, the relay, the session and the timers say
     def start(self, connect_to: tuple[str, int] | None) -> None:
         cluster = self.cluster
+        self.connect_to = connect_to
         cluster.registry.transfer_started(self.slave, self.reserve_bytes)
-        self._counted = True
         cluster.link.watch(self.xfer_id, self.slave, self)
         assert self.session is not None
         self.session.attach_transfer(RemoteTransfer(self))
         if self.relay is not None:
             listen = m.Listen(req_id=0, xfer_id=self.xfer_id, allowed_ip=self.relay.source_ip)
-            cluster.link.request(self.slave, listen, self._on_listening)
-        else:
-            self._send_start(connect_to)
-            # 150 at once, not on Started: waiting would add a master-slave round trip to
-            # every transfer (an upload's client sends nothing before it). A slave that
-            # then refuses gets its 4xx/5xx after the 150, as RFC 959 allows.
-            self._announce()
+            cluster.link.request(self.slave, listen, self._on_listen_reply)
+        self._carry_out(self.machine.start())
 
-    def _on_listening(self, reply: Any) -> None:
-        if self.state is not State.PREPARING:
-            return
-        if not isinstance(reply, m.Listening):
-            self._fail_before_start(reply)
-            return
-        assert self.relay is not None
-        info = self.cluster.registry.slaves.get(self.slave)
-        host = info.data_host if info is not None else "127.0.0.1"
-        self.relay.set_slave_address((host, reply.port))
-        if self.session is None:  # aborted while the listener was being opened
-            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
-            self._finish_count()
-            self.cluster.link.unwatch(self.xfer_id)
-            self.state = State.DONE
-            return
-        self._send_start(None)
+    def on_progress(self, moved: int) -> None:
+        """The link: TransferProgress from this transfer's slave."""
+        self._reported = max(self._reported, moved)
 
-    def _send_start(self, connect_to: tuple[str, int] | None) -> None:
+    def on_done(self, msg: m.TransferDone) -> bool:
+        """The slave's outcome. False while an upload could not be recorded (the metadata
+        store failed): the link sends no DoneAck, so the slave re-sends it and the record is
+        tried again (the client has had its 451 already)."""
+        self.feed(ts.Done(msg))
+        return not self.machine.unrecorded
+
+    def on_lost(self, reason: str) -> None:
+        self.feed(ts.Lost(reason))
+
+    def abort_from_session(self) -> None:
+        """ABOR, a new PORT/PASV, or the session closing: the session replies itself."""
+        self.feed(ts.ClientAbort())
+
+    def _on_listen_reply(self, reply: Any) -> None:
+        self.feed(ts.Listened(reply.port) if isinstance(reply, m.Listening)
+                  else _start_failure(reply))
+
+    def _on_start_reply(self, reply: Any) -> None:
+        self._start_req = 0
+        self.feed(ts.Started() if isinstance(reply, m.Started) else _start_failure(reply))
+
+    def feed(self, event: ts.Event) -> None:
+        """Hand one event to the machine and carry out its actions. An event raised while
+        actions run (the relay ending at once, a recorded upload) waits its turn."""
+        self._events.append(event)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._events:
+                event = self._events.popleft()
+                try:
+                    actions = self.machine.handle(event)
+                except ts.ProtocolError as exc:
+                    log.warning("transfer %s (%s %s on %s): protocol error: %s", self.xfer_id,
+                                self.kind, self.path, self.slave, exc)
+                    continue
+                self._carry_out(actions)
+        finally:
+            self._feeding = False
+
+    # -- outputs
+    def _carry_out(self, actions: list[ts.Action]) -> None:
+        link = self.cluster.link
+        for action in actions:
+            match action:
+                case ts.SendStart():
+                    self._send_start()
+                case ts.SendAbort():
+                    link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
+                case ts.CancelStart():
+                    if self._start_req:
+                        link.cancel(self._start_req)
+                        self._start_req = 0
+                case ts.Announce(text=text):
+                    session = self._live_session()
+                    if session is not None:
+                        session.respond(text)
+                        session.end_deferred()
+                case ts.Reply():
+                    self._reply(action)
+                case ts.Detach():
+                    session, self.session = self.session, None
+                    if session is not None:
+                        session.detach_transfer()
+                case ts.Record(msg=msg):
+                    self.feed(self._record_upload(msg))
+                case ts.Release(soil=soil):
+                    self.cluster.registry.transfer_finished(self.slave)
+                    lent, self.lent = self.lent, None
+                    if lent is not None:
+                        passive.give_back_port(self.cluster, lent, clear=soil)
+                case ts.RelayConnect(port=port):
+                    assert self.relay is not None
+                    info = self.cluster.registry.slaves.get(self.slave)
+                    host = info.data_host if info is not None else "127.0.0.1"
+                    self.relay.set_slave_address((host, port))
+                case ts.RelayStart():
+                    assert self.relay is not None
+                    self.relay.slave_started(lambda ok, error: self.feed(ts.RelayEnded(ok, error)))
+                case ts.RelayAbort():
+                    if self.relay is not None:
+                        self.relay.abort()
+                case ts.WaitLate(seconds=seconds):
+                    self.cluster.ioloop.call_later(seconds, self.feed, ts.GraceOver())
+                case ts.Unwatch():
+                    link.unwatch(self.xfer_id)
+                case _:
+                    assert_never(action)
+
+    def _send_start(self) -> None:
         cmd: m.SlaveCommand
         port = self.lent.port if self.lent is not None else 0
         lazy = self.relay is None  # the relay connects to the slave only after Started
         if self.is_upload:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
-                                 append=self.kind == "APPE", connect_to=connect_to,
+                                 append=self.kind == "APPE", connect_to=self.connect_to,
                                  pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
-                              connect_to=connect_to, pool_port=port, allowed_ip=self.allowed_ip,
-                              lazy_started=lazy)
-        self._start_req = self.cluster.link.request(self.slave, cmd, self._on_started)
+                              connect_to=self.connect_to, pool_port=port,
+                              allowed_ip=self.allowed_ip, lazy_started=lazy)
+        self._start_req = self.cluster.link.request(self.slave, cmd, self._on_start_reply)
 
-    def _on_started(self, reply: Any) -> None:
-        self._start_req = 0
-        if self.state is not State.PREPARING:
-            return
-        if not isinstance(reply, m.Started):
-            self._fail_before_start(reply)
-            return
-        self.state = State.STARTED
-        self._announce()
-        if self.relay is not None:
-            self.relay.slave_started(self._on_relay_finished)
-
-    def _announce(self) -> None:
-        """The 150 preliminary reply (once), after which the session takes commands again."""
-        session = self._live_session()
-        if session is None or self._announced:
-            return
-        self._announced = True
-        if self.kind == "STOU":
-            session.respond(f"150 FILE: {posixpath.basename(self.path)}")
-        else:
-            session.respond("150 File status okay. About to open data connection.")
-        session.end_deferred()
-
-    def _fail_before_start(self, reply: Any) -> None:
-        if isinstance(reply, RequestFailed) and reply.reason == "timeout":
-            # The slave may still act on the command: make sure it lets go.
-            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
-        if isinstance(reply, RequestFailed) and self._announced:
-            # The 150 is out and the slave may be running it (a lazy Started was still held
-            # back): end it as a lost transfer, which still records an upload's late outcome.
-            self.on_lost(f"storage slave unavailable ({reply.reason})")
-            return
-        self.state = State.DONE
-        self.cluster.link.unwatch(self.xfer_id)
-        self._finish_count()
-        self._give_back_port(clear=True)  # a refusal may leave the port busy (EBUSY)
-        if isinstance(reply, RequestFailed):
-            text = f"451 Requested action aborted: storage slave unavailable ({reply.reason})."
-        elif isinstance(reply, m.OpResult):
-            text = failure_reply(reply.error, reply.errno, 0, aborted=False)
-        else:
-            text = f"451 Requested action aborted: unexpected {type(reply).__name__} from slave."
-        if self.relay is not None:
-            self.relay.abort()
-        self._reply(text)
-
-    # -- outcome
-    def on_done(self, msg: m.TransferDone) -> bool:
-        """The slave's outcome. False while an upload could not be recorded (the metadata
-        store failed): the link sends no DoneAck, so the slave re-sends it and the record is
-        tried again (the client has had its 451 already)."""
-        if self._start_req:
-            # A lazy_started transfer that ended quickly gets no Started: this answers it.
-            self.cluster.link.cancel(self._start_req)
-            self._start_req = 0
-        if self._done is not None:
-            if self._unrecorded and self.is_upload:
-                self._unrecorded = not self._record_upload(msg)
-                if not self._unrecorded:
-                    log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
-                return not self._unrecorded
-            return True
-        self._done = msg
-        self._finish_count()
-        self._give_back_port(clear=False)  # the slave empties the port's queue before TransferDone
-        if self.is_upload:
-            self._unrecorded = not self._record_upload(msg)
-            if self._unrecorded:  # stop waiting for re-sends after a while (then acked unknown)
-                self.cluster.ioloop.call_later(LATE_DONE_GRACE_S, self.cluster.link.unwatch,
-                                               self.xfer_id)
-        if self.state is State.DONE:  # lost earlier: the late outcome was only worth recording
-            return not self._unrecorded
-        self.state = State.DONE
-        if self.relay is not None and self.relay.running and self.session is not None:
-            return not self._unrecorded  # the client has not seen every byte yet: reply when the relay ends
-        if self.relay is not None and not self.relay.running:
-            self.relay.abort()  # never started (or over): frees its max_relays slot
-        self._reply_outcome()
-        return not self._unrecorded
-
-    def _on_relay_finished(self, ok: bool, error: str) -> None:
-        self._relay_result = (ok, error)
-        if not ok and self._done is None:
-            # The client side failed first: stop the slave; its TransferDone will follow.
-            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
-        if self._done is not None:
-            self._reply_outcome()
-
-    def _reply_outcome(self) -> None:
-        msg = self._done
-        assert msg is not None
-        relay_ok, relay_error = self._relay_result or (True, "")
-        if self._unrecorded:
-            text = replies.METADATA_FAILED
-        elif msg.ok and relay_ok:
-            text = done_reply(msg)
-        elif msg.ok:
-            text = f"426 Connection closed; transfer aborted: {relay_error}."
-        else:
-            text = failure_reply(msg.error, msg.errno, msg.bytes, msg.aborted)
-        session = self._live_session()
-        if session is not None:
-            session.log_transfer(cmd=self.kind, filename=self.path, receive=self.is_upload,
-                                 completed=msg.ok, elapsed=round(time.monotonic() - self.created, 3),
-                                 bytes=msg.bytes)
-            if msg.ok and relay_ok:
-                (session.on_file_received if self.is_upload else session.on_file_sent)(self.path)
-        self._reply(text)
-
-    def on_lost(self, reason: str) -> None:
-        if self.state is State.DONE:
-            return
-        self.state = State.DONE
-        self._finish_count()
-        self._give_back_port(clear=True)
-        if self.relay is not None:
-            self.relay.abort()
-        if self.is_upload:
-            # Keep listening a while: a TransferDone re-sent after a broker restart is recorded.
-            self.cluster.ioloop.call_later(LATE_DONE_GRACE_S, self.cluster.link.unwatch, self.xfer_id)
-        else:
-            self.cluster.link.unwatch(self.xfer_id)
-        self._reply(f"426 Connection closed; transfer aborted: {reason}.")
-
-    def abort_from_session(self) -> None:
-        """ABOR, a new PORT/PASV, or the session closing: the session replies itself."""
-        session, self.session = self.session, None
-        if self.state is not State.DONE:
-            self.cluster.link.notify(self.slave, m.Abort(req_id=0, xfer_id=self.xfer_id))
-            if self.relay is not None:
-                self.relay.abort()
-        if session is not None:
-            session.detach_transfer()
-
-    # -- helpers
     def _live_session(self) -> ClusterFTPHandler | None:
         session = self.session
         if session is None or session._closed or session.current_transfer() is not self:
             return None
         return session
 
-    def _reply(self, text: str) -> None:
+    def _reply(self, reply: ts.Reply) -> None:
         session = self._live_session()
         self.session = None
-        if session is None or self._replied:
+        if session is None:
             return
-        self._replied = True
-        session.respond(text)
-        session.log_cmd(self.kind, self.path, int(text[:3]), text[4:])
+        if reply.moved is not None:
+            session.log_transfer(cmd=self.kind, filename=self.path, receive=self.is_upload,
+                                 completed=reply.completed,
+                                 elapsed=round(time.monotonic() - self.created, 3),
+                                 bytes=reply.moved)
+            if reply.completed:
+                (session.on_file_received if self.is_upload else session.on_file_sent)(self.path)
+        session.respond(reply.text)
+        session.log_cmd(self.kind, self.path, int(reply.text[:3]), reply.text[4:])
         session.detach_transfer()
 
-    def _give_back_port(self, clear: bool) -> None:
-        lent, self.lent = self.lent, None
-        if lent is not None:
-            passive.give_back_port(self.cluster, lent, clear)
-
-    def _finish_count(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.cluster.registry.transfer_finished(self.slave)
-
-    def _record_upload(self, msg: m.TransferDone) -> bool:
-        """Record the upload's outcome; False if the metadata store failed (retry later)."""
+    def _record_upload(self, msg: m.TransferDone) -> ts.Recorded:
+        """Record the upload's outcome in the VFS and queue the slave commands it implies."""
         vfs = self.cluster.vfs
         if not msg.ok and (msg.bytes == 0 or msg.kept_old):
-            return True  # the slave left the previous file (if any) untouched
+            return ts.Recorded("ok")  # the slave left the previous file (if any) untouched
         if not msg.ok and self.old_holders is not None:
             # A failed overwrite on a slave without the old file: the old entry stays, and the
             # partial file that slave kept under the name is not its content.
@@ -462,7 +357,7 @@ class Transfer:
                     self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
                 for op in ops:
                     self.cluster.link.send_op(op)
-            return True
+            return ts.Recorded("ok")
         mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
         try:
             with vfs.transaction():  # the new record and the stale copies' Deletes, at once
@@ -473,19 +368,27 @@ class Transfer:
         except OSError as exc:
             log.warning("upload of %s on %s not recorded (%s): deleting it", self.path, self.slave, exc)
             self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
-            if msg.ok:
-                self._done = m.TransferDone(xfer_id=msg.xfer_id, ok=False, bytes=msg.bytes, size=msg.size,
-                                            error=exc.strerror or "cannot record", errno=0)
-            return True
+            return ts.Recorded("refused", exc.strerror or "cannot record")
         except sqlite3.Error as exc:
             # Transient (disk full, I/O error, locked): the file stays on the slave, which
             # re-sends its TransferDone (no DoneAck) so the record is tried again.
             log.error("upload of %s on %s not recorded: metadata store failed (%s)",
                       self.path, self.slave, exc)
-            return False
+            return ts.Recorded("retry")
+        if self.machine.unrecorded:
+            log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
         for op in stale_ops:
             self.cluster.link.send_op(op)
-        return True
+        return ts.Recorded("ok")
+
+
+def _start_failure(reply: Any) -> ts.Event:
+    """The event for a Listen or start request that did not succeed."""
+    if isinstance(reply, RequestFailed):
+        return ts.Unanswered(reply.reason)
+    if isinstance(reply, m.OpResult):
+        return ts.Refused(reply.error, reply.errno)
+    return ts.Unexpected(type(reply).__name__)
 
 
 # ---------------------------------------------------------------- the commands

@@ -10,7 +10,8 @@ from typing import Any
 
 from common import messages as m
 from master.replies import METADATA_FAILED
-from master.transfers import State, Transfer
+from master.transfer_state import State
+from master.transfers import Transfer
 
 
 class _FailingVFS:
@@ -73,7 +74,7 @@ def test_upload_not_recorded_gets_451_and_no_ack_until_recorded() -> None:
     cluster = _cluster(vfs)
     session = _Session(cluster)
     transfer = Transfer(session, "STOR", "/up.bin", "s1", 7)  # type: ignore[arg-type]
-    transfer.state = State.STARTED
+    transfer.machine.state = State.RUNNING  # started on the slave
     session.transfer = transfer
     done = m.TransferDone(xfer_id=7, ok=True, bytes=5, size=5, crc32=1)
     assert transfer.on_done(done) is False  # the link sends no DoneAck
