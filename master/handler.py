@@ -31,7 +31,7 @@ from master.cluster import SlaveRegistry, SlaveState
 from master.fs import SlaveCommands, VirtualFilesystem
 from master.link import BrokerLink
 from master.placement import Placement
-from master.relay import Relay, RelayCounter, Waker
+from master.relay import RelayCounter, Waker
 from master.transfers import RemoteTransfer, Transfer
 from master.users import ClusterAuthorizer
 from master.vfs import VirtualFS
@@ -105,11 +105,8 @@ class ClusterFTPHandler(FTPHandler):
     def __init__(self, conn: socket.socket, server: Any, ioloop: Any = None) -> None:
         # Set before FTPHandler.__init__, which may call close() on a dead connection.
         self.pret: tuple[str, str] | None = None
-        self.port_addr: tuple[str, int] | None = None
-        self.pending_listen: passive.SlaveListener | None = None
-        self.slave_listener: passive.SlaveListener | None = None
-        self.parked_socket: socket.socket | None = None
-        self.relay_waiter: Relay | None = None
+        self.route: passive.DataRoute = passive.NO_ROUTE
+        """Where the next data connection comes from (master.passive owns its changes)."""
         self.pending_checksum: object | None = None
         self._deferred = False
         self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
@@ -130,15 +127,10 @@ class ClusterFTPHandler(FTPHandler):
     def close(self) -> None:
         if not self._closed:
             self.cluster.sessions.discard(self)
-            listener, self.pending_listen = self.pending_listen, None
-            if listener is not None:
-                self.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
-            self.relay_waiter = None
             self._queued.clear()
             if self._replay_call is not None and not self._replay_call.cancelled:
                 self._replay_call.cancel()
-            if self.slave_listener is not None or self.parked_socket is not None:
-                passive.drop_stored_route(self)
+            passive.set_route(self, passive.NO_ROUTE)
         super().close()
 
     def flush_account(self) -> None:
@@ -235,7 +227,8 @@ class ClusterFTPHandler(FTPHandler):
             self._idler.cancel()
 
     def detach_transfer(self) -> None:
-        self.relay_waiter = None  # a relay still waiting for the client's connection is over
+        if isinstance(self.route, passive.RelayWaiting):
+            self.route = passive.NO_ROUTE  # the relay waiting for the client's connection is over
         if isinstance(self.data_channel, RemoteTransfer):
             if self._closed:
                 self.data_channel = None
@@ -250,14 +243,6 @@ class ClusterFTPHandler(FTPHandler):
     def take_restart_position(self) -> int:
         rest, self._restart_position = self._restart_position, 0
         return int(rest)
-
-    def park_data_socket(self, sock: socket.socket | None) -> None:
-        old, self.parked_socket = self.parked_socket, sock
-        if old is not None and old is not sock:
-            try:
-                old.close()
-            except OSError:
-                pass
 
     # ------------------------------------------------------------ data routes
     def _make_epasv(self, extmode: bool = False) -> None:

@@ -14,7 +14,7 @@ import functools
 import logging
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union, assert_never
 
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 
@@ -23,6 +23,7 @@ from master.cluster import LentPort
 
 if TYPE_CHECKING:
     from master.handler import Cluster, ClusterFTPHandler
+    from master.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,63 @@ LISTING_CMDS = frozenset({"LIST", "NLST", "MLSD"})
 
 
 @dataclass(slots=True)
+class SlaveListener:
+    """A listener on a slave for this session's next transfer (PRET, then PASV/EPSV)."""
+
+    slave: str
+    xfer_id: int
+    extmode: bool
+    port: int = 0
+    lent: LentPort | None = None
+    """A pooled listener lent by the registry: no Listen was sent, the 227 went out at once."""
+
+
+# The session's data route: where its next data connection comes from. One field of the
+# session (`route`) holds exactly one of these; the master's own PASV listener, while no
+# connection has come, is pyftpdlib's `_dtp_acceptor` (pyftpdlib owns that object).
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    """No PORT/EPRT stored, no listener of ours lent or waited for."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    """PORT/EPRT: the slave (or, for a listing, the master) connects to the client here."""
+    addr: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingSlave:
+    """PASV/EPSV after PRET: Listen sent to the slave, the 227/229 is owed."""
+    listener: SlaveListener
+
+
+@dataclass(frozen=True, slots=True)
+class OnSlave:
+    """PASV/EPSV after PRET answered with the slave's address: the client connects there."""
+    listener: SlaveListener
+
+
+@dataclass(frozen=True, slots=True)
+class MasterAccepted:
+    """The client connected to the master's own PASV listener before saying what for."""
+    sock: socket.socket
+
+
+@dataclass(frozen=True, slots=True)
+class RelayWaiting:
+    """A relayed transfer waits for the client's connection to the master's listener."""
+    relay: Relay
+
+
+DataRoute = Union[NoRoute, ClientAddress, AwaitingSlave, OnSlave, MasterAccepted, RelayWaiting]
+NO_ROUTE = NoRoute()
+
+
+@dataclass(slots=True)
 class Route:
-    """Where the next transfer's data connection comes from."""
+    """A data route taken by RETR/STOR/APPE/STOU (take_route)."""
 
     kind: Literal["port", "slave", "relay"]
     addr: tuple[str, int] | None = None
@@ -42,18 +98,8 @@ class Route:
     xfer_id: int | None = None
     lent: LentPort | None = None
     """PRET+PASV on a pooled listener of the slave (else one opened by Listen)."""
-
-
-@dataclass(slots=True)
-class SlaveListener:
-    """A Listen sent to (or answered by) a slave for this session's next transfer."""
-
-    slave: str
-    xfer_id: int
-    extmode: bool
-    port: int = 0
-    lent: LentPort | None = None
-    """A pooled listener lent by the registry: no Listen was sent, the 227 went out at once."""
+    sock: socket.socket | None = None
+    """Relay: the client's connection, if it came before the command."""
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -132,20 +178,22 @@ class ParkingPassiveDTP(PassiveDTP):
         self.close()
         if h._dtp_acceptor is self:
             h._dtp_acceptor = None
-        if h.relay_waiter is not None:
-            waiter, h.relay_waiter = h.relay_waiter, None
-            waiter.set_client(sock)
+        route = h.route
+        if isinstance(route, RelayWaiting):
+            h.route = NO_ROUTE
+            route.relay.set_client(sock)
         elif h._out_dtp_queue is not None or h._in_dtp_queue is not None:
             _attach_data_socket(h, sock)
         else:
-            h.park_data_socket(sock)
+            set_route(h, MasterAccepted(sock))
 
     def handle_timeout(self) -> None:
         h = self.cmd_channel
-        if h.relay_waiter is not None:
-            waiter, h.relay_waiter = h.relay_waiter, None
+        route = h.route
+        if isinstance(route, RelayWaiting):
+            h.route = NO_ROUTE
             self.close()
-            waiter.client_failed("the client did not open the data connection")
+            route.relay.client_failed("the client did not open the data connection")
             return
         super().handle_timeout()
 
@@ -202,11 +250,12 @@ def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
     if lent is not None:
         # The slave keeps this listener open: no Listen round trip, the route (and the
         # client's address) reaches the slave with the transfer's start.
-        h.slave_listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode, lent.port, lent)
+        set_route(h, OnSlave(SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode,
+                                           lent.port, lent)))
         h.respond(pasv_reply(data_host, lent.port, extmode))
         return
     listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode)
-    h.pending_listen = listener
+    set_route(h, AwaitingSlave(listener))
     h.begin_deferred()
     cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=client_ip(h))
     h.cluster.link.request(slave, cmd, functools.partial(_on_listening, h, listener))
@@ -218,14 +267,15 @@ def client_ip(h: ClusterFTPHandler) -> str:
 
 
 def _on_listening(h: ClusterFTPHandler, listener: SlaveListener, reply: Any) -> None:
-    if h._closed or h.pending_listen is not listener:
+    route = h.route
+    if h._closed or not (isinstance(route, AwaitingSlave) and route.listener is listener):
         if isinstance(reply, m.Listening):
             h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
         return
-    h.pending_listen = None
+    h.route = NO_ROUTE
     if isinstance(reply, m.Listening):
         listener.port = reply.port
-        h.slave_listener = listener
+        h.route = OnSlave(listener)
         info = h.cluster.registry.slaves.get(listener.slave)
         host = info.data_host if info is not None else h.socket.getsockname()[0]
         h.respond(pasv_reply(host, reply.port, listener.extmode))
@@ -237,11 +287,11 @@ def _on_listening(h: ClusterFTPHandler, listener: SlaveListener, reply: Any) -> 
 
 def cancel_pending_listen(h: ClusterFTPHandler) -> None:
     """ABOR while a PASV waits for its slave: PASV still gets its (negative) reply."""
-    listener = h.pending_listen
-    if listener is None:
+    route = h.route
+    if not isinstance(route, AwaitingSlave):
         return
-    h.pending_listen = None
-    h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+    h.route = NO_ROUTE
+    h.cluster.link.notify(route.listener.slave, m.Abort(req_id=0, xfer_id=route.listener.xfer_id))
     h.respond("425 Passive mode cancelled by ABOR.")
     h.end_deferred()
 
@@ -255,22 +305,38 @@ def make_eport(h: ClusterFTPHandler, ip: str, port: int) -> None:
         h.respond_w_warning(refusal)
         return
     clear_route(h)
-    h.port_addr = (ip, port)
+    h.route = ClientAddress((ip, port))
     h.respond("200 PORT command successful.")
 
 
-def drop_stored_route(h: ClusterFTPHandler) -> bool:
-    """Forget a stored PORT address, slave listener or parked connection (ABOR); True if any."""
-    dropped = h.port_addr is not None or h.slave_listener is not None or h.parked_socket is not None
-    h.port_addr = None
-    listener, h.slave_listener = h.slave_listener, None
-    if listener is not None:
-        if listener.lent is not None:
-            give_back_port(h.cluster, listener.lent, clear=True)
-        else:
+def set_route(h: ClusterFTPHandler, route: DataRoute) -> None:
+    """Replace the session's data route, letting go of what the old one held."""
+    old, h.route = h.route, route
+    if old is route:
+        return
+    match old:
+        case OnSlave(listener=listener):
+            if listener.lent is not None:
+                give_back_port(h.cluster, listener.lent, clear=True)
+            else:
+                h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
+        case AwaitingSlave(listener=listener):
             h.cluster.link.notify(listener.slave, m.Abort(req_id=0, xfer_id=listener.xfer_id))
-    h.park_data_socket(None)
-    return dropped
+        case MasterAccepted(sock=sock):
+            _close(sock)
+        case NoRoute() | ClientAddress() | RelayWaiting():
+            pass
+        case _:
+            assert_never(old)
+
+
+def drop_stored_route(h: ClusterFTPHandler) -> bool:
+    """Forget a stored PORT address, slave listener or parked connection (ABOR); True if any.
+    A PASV still waiting for its slave keeps waiting (cancel_pending_listen ends it)."""
+    if isinstance(h.route, (ClientAddress, OnSlave, MasterAccepted)):
+        set_route(h, NO_ROUTE)
+        return True
+    return False
 
 
 def give_back_port(cluster: Cluster, lent: LentPort, clear: bool) -> None:
@@ -291,23 +357,38 @@ def clear_route(h: ClusterFTPHandler) -> None:
     if h.data_channel is not None:
         h.data_channel.close()
         h.data_channel = None
-    h.relay_waiter = None
+    if isinstance(h.route, RelayWaiting):
+        h.route = NO_ROUTE
     drop_stored_route(h)
 
 
 def take_route(h: ClusterFTPHandler) -> Route | str:
     """Consume the session's data route for RETR/STOR/APPE/STOU, or the reply if none."""
-    if h.slave_listener is not None:
-        listener, h.slave_listener = h.slave_listener, None
-        return Route("slave", slave=listener.slave, xfer_id=listener.xfer_id, lent=listener.lent)
-    if h.port_addr is not None:
-        addr, h.port_addr = h.port_addr, None
-        return Route("port", addr=addr)
-    if h.parked_socket is not None or h._dtp_acceptor is not None:
-        return Route("relay")
-    if h.data_channel is not None:
-        return "425 A data transfer is already in progress."
+    route = h.route
+    match route:
+        case OnSlave(listener=listener):
+            h.route = NO_ROUTE
+            return Route("slave", slave=listener.slave, xfer_id=listener.xfer_id, lent=listener.lent)
+        case ClientAddress(addr=addr):
+            h.route = NO_ROUTE
+            return Route("port", addr=addr)
+        case MasterAccepted(sock=sock):
+            h.route = NO_ROUTE
+            return Route("relay", sock=sock)
+        case _ if h._dtp_acceptor is not None:
+            return Route("relay")
+        case _ if h.data_channel is not None:
+            return "425 A data transfer is already in progress."
     return "425 Use PORT/EPRT or PASV/EPSV first."
+
+
+def attach_relay(h: ClusterFTPHandler, route: Route, relay: Relay) -> None:
+    """Give a relayed transfer the client's connection, now or once it comes."""
+    if route.sock is not None:
+        sock, route.sock = route.sock, None
+        relay.set_client(sock)
+    else:
+        set_route(h, RelayWaiting(relay))
 
 
 def release_route(h: ClusterFTPHandler, route: Route) -> None:
@@ -318,33 +399,41 @@ def release_route(h: ClusterFTPHandler, route: Route) -> None:
         h.cluster.link.notify(route.slave, m.Abort(req_id=0, xfer_id=route.xfer_id))
     elif route.kind == "relay":
         h._shutdown_connecting_dtp()
-        h.park_data_socket(None)
+        if route.sock is not None:
+            _close(route.sock)
+            route.sock = None
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def listing(h: ClusterFTPHandler, stock: Any, path: str) -> Any:
     """LIST/NLST/MLSD over the master's own data connection."""
-    if h.slave_listener is not None:
+    if isinstance(h.route, OnSlave):
         clear_route(h)
         h.respond("425 The data connection was prepared on a storage slave; send PASV/EPSV "
                   "without PRET (or PRET LIST) for listings.")
         return None
-    if h.port_addr is None and h.parked_socket is None and h._dtp_acceptor is None \
+    if not isinstance(h.route, (ClientAddress, MasterAccepted)) and h._dtp_acceptor is None \
             and h.data_channel is None:
         h.respond("425 Use PORT/EPRT or PASV/EPSV first.")
         return None
     result = stock(path)
     if h._out_dtp_queue is None:
         return result  # refused (550/501): keep the route for the next command
-    if h.port_addr is not None:
-        ip, port = h.port_addr
-        h.port_addr = None
+    route = h.route
+    if isinstance(route, ClientAddress):
+        h.route = NO_ROUTE
         if not h.server._accept_new_cons():
             h._out_dtp_queue = None
             h.respond("425 Too many connections. Can't open data channel.")
             return None
-        h._dtp_connector = LazyActiveDTP(ip, port, h)
-    elif h.parked_socket is not None:
-        sock = h.parked_socket
-        h.parked_socket = None
-        _attach_data_socket(h, sock)
+        h._dtp_connector = LazyActiveDTP(*route.addr, h)
+    elif isinstance(route, MasterAccepted):
+        h.route = NO_ROUTE
+        _attach_data_socket(h, route.sock)
     return result

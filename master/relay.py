@@ -171,11 +171,6 @@ class Relay:
                     float(h.cluster.data_timeout))
         relay._holds_slot = True
         relay.counter.open += 1
-        if h.parked_socket is not None:
-            sock, h.parked_socket = h.parked_socket, None
-            relay.set_client(sock)
-        else:
-            h.relay_waiter = relay
         return relay
 
     # -- called in the loop thread

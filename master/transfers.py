@@ -501,6 +501,7 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
                       f"{kind} <path> before PASV/EPSV, or PORT/EPRT.")
             return
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
+        passive.attach_relay(h, route, relay)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
     if route.lent is not None:
