@@ -221,6 +221,11 @@ def session_view(session: Any) -> SessionView:
 
 
 def xcrc(h: ClusterFTPHandler, arg: str) -> None:
+    from master.transfers import type_a_refusal
+
+    if refusal := type_a_refusal("XCRC", h.current_type()):
+        h.respond(refusal)
+        return
     parsed = parse_xcrc(arg)
     if isinstance(parsed, str):
         h.respond(parsed)

@@ -102,6 +102,26 @@ def rest_refusal(rest: int, entry: Entry) -> str:
     return ""
 
 
+TYPE_A_REFUSALS = {
+    # RFC 3659 4.2: a size not available in the current TYPE gets 550. Counting the bytes a
+    # TYPE A transfer would send means reading the whole file on its slave.
+    "SIZE": "550 SIZE not allowed in ASCII mode: the converted size is not known without "
+            "reading the whole file; use TYPE I.",
+    # RFC 3659 5: a REST marker counts the octets of the transfer in the current TYPE; in TYPE A
+    # that offset has no fixed place in the stored file. 501 as in pyftpdlib (RFC 959 REST).
+    "REST": "501 Resuming transfers not allowed in ASCII mode: an offset in the converted "
+            "stream is no offset in the stored file; use TYPE I.",
+    # XCRC (no RFC) covers the stored bytes, which differ from what TYPE A transfers: 550 as SIZE.
+    "XCRC": "550 XCRC not allowed in ASCII mode: the CRC covers the stored bytes, not the "
+            "converted ones; use TYPE I.",
+}
+
+
+def type_a_refusal(command: str, current_type: str) -> str:
+    """The reply refusing SIZE, REST or XCRC in TYPE A (pyftpdlib's "a"), or "" to go ahead."""
+    return TYPE_A_REFUSALS.get(command, "") if current_type == "a" else ""
+
+
 def failure_reply(error: str, errno: int, bytes_moved: int, aborted: bool) -> str:
     """The final reply for a transfer that did not complete."""
     text = f": {error}" if error else ""
@@ -187,7 +207,8 @@ class Transfer:
     """With `lent`: the only address the slave accepts the data connection from."""
 
     def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
-                 xfer_id: int, offset: int = 0, relay: Relay | None = None) -> None:
+                 xfer_id: int, offset: int = 0, relay: Relay | None = None,
+                 ascii: bool = False) -> None:
         self.session: ClusterFTPHandler | None = session
         self.cluster: Cluster = session.cluster
         self.kind = kind
@@ -196,6 +217,8 @@ class Transfer:
         self.xfer_id = xfer_id
         self.offset = offset
         self.relay = relay
+        self.ascii = ascii
+        """TYPE A when the command came: the slave converts line endings (the relay does not)."""
         self.owner = session.username or "ftpcluster"
         self.created = time.monotonic()
         self.state = State.PREPARING
@@ -273,11 +296,12 @@ class Transfer:
         if self.is_upload:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                                  append=self.kind == "APPE", connect_to=connect_to,
-                                 pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy)
+                                 pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy,
+                                 ascii=self.ascii)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                               connect_to=connect_to, pool_port=port, allowed_ip=self.allowed_ip,
-                              lazy_started=lazy)
+                              lazy_started=lazy, ascii=self.ascii)
         self._start_req = self.cluster.link.request(self.slave, cmd, self._on_started)
 
     def _on_started(self, reply: Any) -> None:
@@ -598,7 +622,7 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
             return
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
-    transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay, ascii=h.current_type() == "a")
     if route.lent is not None:
         transfer.lent, transfer.allowed_ip = route.lent, passive.client_ip(h)
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:
