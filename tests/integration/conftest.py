@@ -224,12 +224,14 @@ class Cluster:
 
     def ftp(self, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD,
             timeout: float = CONTROL_TIMEOUT_S) -> ftplib.FTP:
-        """A logged-in ftplib client that trusts the 227 address (needed for PRET+PASV)."""
+        """A logged-in ftplib client that trusts the 227 address (needed for PRET+PASV), in
+        TYPE I: the helpers move binary data (the FTP default, TYPE A, converts line ends)."""
         ftp = ftplib.FTP(timeout=timeout)
         ftp.trust_server_pasv_ipv4_address = True
         ftp.connect("127.0.0.1", self.ftp_port)
         try:
             ftp.login(user, password)
+            ftp.voidcmd("TYPE I")
         except BaseException:
             ftp.close()
             raise
