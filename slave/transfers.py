@@ -5,9 +5,12 @@ Owns: the table of open listeners and running transfers (main-thread only), the
 max_transfers limit, opening files for send/receive (in the main loop, so errors become an
 OpResult before Started), and the worker threads, which move the bytes with os.sendfile
 or recv_into a reusable 1 MiB buffer, compute CRC32 on the fly, fsync, and hand a
-TransferDone to the Outbox. A small download whose client is already connected is sent
-from the main loop when non-blocking sendfile takes it all (INLINE_SEND_MAX); a pooled
-listener is never closed by its transfer, which empties its accept queue at the end.
+TransferDone to the Outbox. In TYPE A (the start's `ascii`) a download is read, converted
+(slave/ascii.py) and sent in ASCII_CHUNK buffers instead of sendfile, and an upload's chunks
+are converted before they are written and checksummed. A small download whose client is
+already connected is sent from the main loop when non-blocking sendfile takes it all
+(INLINE_SEND_MAX); a pooled listener is never closed by its transfer, which empties its
+accept queue at the end.
 
 Threads: the main loop calls every public method; a worker touches only its own Transfer
 and the Outbox. Abort shuts the worker's sockets down (waking any blocked call) but never
