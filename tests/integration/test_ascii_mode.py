@@ -311,3 +311,36 @@ def test_size_rest_xcrc_refused_in_type_a_like_pyftpdlib(cluster, plain, stored_
         ftp.voidcmd("TYPE I")
         assert ftp.size(stored_download) == len(DOWNLOAD_TEXT)
         assert ftp.sendcmd(f"XCRC {stored_download}") == f"250 {zlib.crc32(DOWNLOAD_TEXT):08X}"
+
+
+# ---------------------------------------------------------------- APPE and STOU
+
+def _appe_and_stou(ftp: ftplib.FTP, mode: str, stem: str) -> None:
+    """TYPE A: STOR part one (ending with CR), APPE part two (starting with LF), STOU both."""
+    one, two = b"first\r\nsecond\r", b"\nthird\r\n\rfourth\n"
+    ftplib_put(ftp, f"/{stem}.txt", one, mode)
+    ftp.voidcmd("TYPE A")
+    with open_data(ftp, f"APPE /{stem}.txt", mode) as conn:
+        conn.sendall(two)
+    ftp.voidresp()
+    with open_data(ftp, "STOU", mode) as conn:
+        conn.sendall(one + two)
+    reply = ftp.voidresp()
+    assert reply.startswith("226"), reply
+
+
+@pytest.mark.parametrize("mode", ["active", "pret"])
+def test_type_a_appe_and_stou_store_as_pyftpdlib(cluster, plain, mode):
+    with plain.ftp() as ref:
+        before = set(plain.root.iterdir())
+        _appe_and_stou(ref, "relay", f"appe-{mode}")
+        stou_ref = [p for p in plain.root.iterdir() if p not in before and p.name != f"appe-{mode}.txt"]
+    with cluster.ftp() as ftp:
+        _appe_and_stou(ftp, mode, f"appe-{mode}")
+        names = ftp.nlst("/")
+    assert stored_on_cluster(cluster, f"/appe-{mode}.txt") == (plain.root / f"appe-{mode}.txt").read_bytes()
+    assert len(stou_ref) == 1
+    ours = [n for n in names if n.startswith("ftpd.")]
+    assert ours, names
+    expected = stou_ref[0].read_bytes()
+    assert any(stored_on_cluster(cluster, f"/{n.lstrip('/')}") == expected for n in ours)
