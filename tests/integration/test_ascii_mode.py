@@ -59,7 +59,7 @@ def _producer_quirk_free(data: bytes) -> bool:
     return True
 
 
-UPLOAD_TEXT = _text(5 * MIB + 123)
+UPLOAD_TEXT = _text(9 * MIB + 123)  # past 8 MiB: the slave hands the CRC32 to its helper thread
 # A stored file for downloads: LF text with some CRLF and lone CR already in it.
 DOWNLOAD_TEXT = _text(5 * MIB + 77)[:-1] + b"\n"
 CURL_DOWNLOAD_TEXT = DOWNLOAD_TEXT[:300 * 1024 + 11] + b"\n"
