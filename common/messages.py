@@ -75,6 +75,9 @@ class StartSend(Message, frozen=True):
     lazy_started: bool = False
     """The master does not wait for Started: the slave may hold it back briefly and leave
     it out when the transfer ends first (its TransferDone then answers the start too)."""
+    ascii: bool = False
+    """The session is in TYPE A: the slave sends every LF not preceded by CR as CRLF
+    (slave/ascii.py). False (TYPE I, and a master that predates the field): bytes as stored."""
 
 
 class StartReceive(Message, frozen=True):
@@ -94,6 +97,9 @@ class StartReceive(Message, frozen=True):
     """As in StartSend (so are allowed_ip and lazy_started)."""
     allowed_ip: str = ""
     lazy_started: bool = False
+    ascii: bool = False
+    """TYPE A: the slave stores every CRLF as LF (a CR ending the upload is dropped, as in
+    pyftpdlib); TransferDone's size and crc32 are those of the stored bytes."""
 
 
 class ClearPort(Message, frozen=True):

@@ -96,6 +96,7 @@ class ClusterFTPHandler(FTPHandler):
     # Set by pyftpdlib's (untyped) FTPHandler; declared for the type checker only.
     data_channel: Any
     _restart_position: Any
+    _current_type: str
     _rnfr: Any
     abstracted_fs = VirtualFilesystem
     passive_dtp = passive.ParkingPassiveDTP
@@ -240,6 +241,10 @@ class ClusterFTPHandler(FTPHandler):
         channel = self.data_channel
         return channel.transfer if isinstance(channel, RemoteTransfer) else None
 
+    def current_type(self) -> str:
+        """pyftpdlib's TYPE: "a" (ASCII, the default) or "i" (binary)."""
+        return self._current_type
+
     def take_restart_position(self) -> int:
         rest, self._restart_position = self._restart_position, 0
         return int(rest)
@@ -313,8 +318,11 @@ class ClusterFTPHandler(FTPHandler):
         self.respond(f"200 ALLO: {self.allo_size} bytes will be reserved for the next upload.")
 
     def ftp_REST(self, line: str) -> None:
-        # Slaves always move bytes unconverted (no ASCII translation), so a REST offset
-        # is a byte offset in either TYPE; stock pyftpdlib refuses REST in TYPE A.
+        # In TYPE I a REST offset is a byte offset of the stored file; TYPE A is refused
+        # (master.replies.TYPE_A_REFUSALS says why), as stock pyftpdlib does.
+        if refusal := replies.type_a_refusal("REST", self._current_type):
+            self.respond(refusal)
+            return
         try:
             marker = int(line)
             if marker < 0:
@@ -382,8 +390,11 @@ class ClusterFTPHandler(FTPHandler):
             self.cluster.link.send_op(op, functools.partial(on_reply, op.slave, op.cmd))
 
     def ftp_SIZE(self, path: str) -> None:
-        # The VFS knows the exact size; unlike stock pyftpdlib there is no ASCII
-        # conversion to account for, so SIZE works in either TYPE.
+        # The VFS knows the exact stored size, which is the transfer size in TYPE I only:
+        # TYPE A is refused (master.replies.TYPE_A_REFUSALS), as stock pyftpdlib does.
+        if refusal := replies.type_a_refusal("SIZE", self._current_type):
+            self.respond(refusal)
+            return
         entry = self.fs.lookup(path)
         if entry is None or entry.is_dir:
             self.respond(replies.not_a_file(entry))

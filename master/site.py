@@ -222,6 +222,9 @@ def session_view(session: Any) -> SessionView:
 
 
 def xcrc(h: ClusterFTPHandler, arg: str) -> None:
+    if refusal := replies.type_a_refusal("XCRC", h.current_type()):
+        h.respond(refusal)
+        return
     parsed = parse_xcrc(arg)
     if isinstance(parsed, str):
         h.respond(parsed)

@@ -154,7 +154,8 @@ class Transfer:
     """With `lent`: the only address the slave accepts the data connection from."""
 
     def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
-                 xfer_id: int, offset: int = 0, relay: Relay | None = None) -> None:
+                 xfer_id: int, offset: int = 0, relay: Relay | None = None,
+                 ascii: bool = False) -> None:
         self.session: ClusterFTPHandler | None = session
         self.cluster: Cluster = session.cluster
         self.kind = kind
@@ -163,6 +164,8 @@ class Transfer:
         self.xfer_id = xfer_id
         self.offset = offset
         self.relay = relay
+        self.ascii = ascii
+        """TYPE A when the command came: the slave converts line endings (the relay does not)."""
         self.owner = session.username or "ftpcluster"
         self.created = time.monotonic()
         self.machine = ts.TransferMachine(kind, path, relayed=relay is not None)
@@ -309,11 +312,12 @@ class Transfer:
         if self.is_upload:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                                  append=self.kind == "APPE", connect_to=self.connect_to,
-                                 pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy)
+                                 pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy,
+                                 ascii=self.ascii)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                               connect_to=self.connect_to, pool_port=port,
-                              allowed_ip=self.allowed_ip, lazy_started=lazy)
+                              allowed_ip=self.allowed_ip, lazy_started=lazy, ascii=self.ascii)
         self._start_req = self.cluster.link.request(self.slave, cmd, self._on_start_reply)
 
     def _live_session(self) -> ClusterFTPHandler | None:
@@ -503,7 +507,7 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
         relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
         passive.attach_relay(h, route, relay)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
-    transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay)
+    transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay, ascii=h.current_type() == "a")
     if route.lent is not None:
         transfer.lent, transfer.allowed_ip = route.lent, passive.client_ip(h)
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:

@@ -5,9 +5,12 @@ Owns: the table of open listeners and running transfers (main-thread only), the
 max_transfers limit, opening files for send/receive (in the main loop, so errors become an
 OpResult before Started), and the worker threads, which move the bytes with os.sendfile
 or recv_into a reusable 1 MiB buffer, compute CRC32 on the fly, fsync, and hand a
-TransferDone to the Outbox. A small download whose client is already connected is sent
-from the main loop when non-blocking sendfile takes it all (INLINE_SEND_MAX); a pooled
-listener is never closed by its transfer, which empties its accept queue at the end.
+TransferDone to the Outbox. In TYPE A (the start's `ascii`) a download is read, converted
+(slave/ascii.py) and sent in ASCII_CHUNK buffers instead of sendfile, and an upload's chunks
+are converted before they are written and checksummed. A small download whose client is
+already connected is sent from the main loop when non-blocking sendfile takes it all
+(INLINE_SEND_MAX); a pooled listener is never closed by its transfer, which empties its
+accept queue at the end.
 
 Threads: the main loop calls every public method; a worker touches only its own Transfer
 and the Outbox. Abort shuts the worker's sockets down (waking any blocked call) but never
@@ -42,7 +45,7 @@ from typing import Callable, Iterator
 
 from common import messages as m
 from common.config import SlaveSection
-from slave import dataconn
+from slave import ascii, dataconn
 from slave.outbox import CHUNK, Outbox, crc_range
 from slave.storage import Storage
 
@@ -60,6 +63,9 @@ INLINE_SEND_MAX = 256 * 1024
 """A download of at most this many bytes whose client is already connected starts in the
 main loop with non-blocking sendfile: when the socket takes it all (most small files) no
 worker thread is involved at all; what would block goes on in a worker."""
+ASCII_CHUNK = 4 * 1024 * 1024
+"""A TYPE A download reads, converts (LF -> CRLF) and sends this much at a time; TYPE I
+never goes through Python (sendfile)."""
 PROGRESS_WAIT_S = 0.5
 """A send waits at most this long in one sendfile call, so its byte count stays fresh."""
 WORKER_IDLE_S = 60.0
@@ -230,8 +236,12 @@ class Transfer:
 
     def __init__(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
                  temp: Path | None, listener: Listener | None,
-                 connect_to: tuple[str, int] | None, overwrite: bool = False) -> None:
+                 connect_to: tuple[str, int] | None, overwrite: bool = False,
+                 ascii: bool = False) -> None:
         self.xfer_id = xfer_id
+        self.ascii = ascii
+        """TYPE A: line endings are converted (slave/ascii.py); `bytes` counts the bytes on
+        the data connection, the reported size and CRC are the stored file's."""
         self.overwrite = overwrite
         """A temp-file upload whose target existed at the start: a failure keeps the old file."""
         self.kind = kind
@@ -526,11 +536,13 @@ class TransferManager:
         if port:
             listener = Listener(self.pooled[port], msg.allowed_ip, 0.0, pooled=True)
             self.pool_busy[port] = xfer_id
-        transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite)
+        transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite,
+                            ascii=msg.ascii)
         transfer.pool_port = port
         self.transfers[xfer_id] = transfer
         self.ended[xfer_id] = transfer.ended
-        if kind is Kind.SEND and listener is not None and self._send_inline(transfer):
+        if kind is Kind.SEND and listener is not None and not transfer.ascii \
+                and self._send_inline(transfer):
             return
         try:
             self.pool.submit(transfer)
@@ -648,6 +660,10 @@ class TransferManager:
             # stall is data_timeout seconds without a single byte.
             limit = float(self.config.data_timeout)
             dataconn.set_timeout(conn, min(limit, PROGRESS_WAIT_S))
+            if t.ascii:
+                self._send_ascii(t, conn, limit)
+                conn.shutdown(socket.SHUT_WR)
+                return self._done(t, None, os.fstat(t.fd), None)
             last_progress = time.monotonic()
             while True:
                 try:
@@ -669,6 +685,28 @@ class TransferManager:
         st = os.fstat(t.fd)
         return self._done(t, error, st, None)
 
+    def _send_ascii(self, t: Transfer, conn: socket.socket, limit: float) -> None:
+        """TYPE A: read the file from t.start, convert LF -> CRLF, send it. The same stall
+        rule as sendfile: data_timeout seconds without a byte accepted. Raises OSError."""
+        pos, after_cr = t.start, False
+        last_progress = time.monotonic()
+        while data := os.pread(t.fd, ASCII_CHUNK, pos):
+            pos += len(data)
+            out, after_cr = ascii.encode_chunk(data, after_cr)
+            view = memoryview(out)
+            while view:
+                try:
+                    n = conn.send(view)
+                except OSError as exc:
+                    if not dataconn.stalled(exc):
+                        raise
+                    if t.aborted or time.monotonic() - last_progress >= limit:
+                        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
+                    continue
+                view = view[n:]
+                t.bytes += n
+                last_progress = time.monotonic()
+
     def _receive(self, t: Transfer) -> m.TransferDone:
         view = memoryview(bytearray(CHUNK))
         error: BaseException | None = None
@@ -679,6 +717,7 @@ class TransferManager:
             conn = self._connect(t)
             writeback = _start_writeback if self.config.fsync else None
             pos = flushed = t.start
+            held_cr = False  # TYPE A: a CR that ended the last chunk, not written yet
             while True:
                 try:
                     n = conn.recv_into(view)
@@ -689,15 +728,19 @@ class TransferManager:
                 if n == 0:
                     break
                 chunk = view[:n]
+                if t.ascii:
+                    stored, held_cr = ascii.decode_chunk(chunk, held_cr)
+                    chunk = memoryview(stored)
+                size = len(chunk)
                 try:
                     written = 0
-                    while written < n:
+                    while written < size:
                         written += os.write(t.fd, chunk[written:])
                 except OSError:
                     crc = None  # the file now holds bytes the CRC does not cover
                     raise
                 t.bytes += n
-                pos += n
+                pos += size
                 if helper is not None:
                     helper.written_to(pos)
                 else:

@@ -380,6 +380,7 @@ def test_active_stor_goes_to_slave_with_port_address(master: Master, broker: Fak
     _, ack = broker.expect(m.DoneAck)
     assert ack.xfer_id == cmd.xfer_id
     assert "up.bin" in ftp.nlst("/")
+    ftp.voidcmd("TYPE I")  # ftplib's nlst() switched to TYPE A, where SIZE and XCRC are refused
     assert ftp.size("/up.bin") == 5
     assert ftp.sendcmd("XCRC /up.bin") == "250 3610A686"
     ftp.quit()
@@ -408,6 +409,7 @@ def test_an_upload_announced_before_a_broker_loss_is_recorded_when_its_outcome_c
         master: Master, broker: FakeBroker) -> None:
     ftp = master.client()  # no StartReceive responder: the lazy Started never comes
     wait_online(ftp)
+    ftp.voidcmd("TYPE I")  # SIZE is refused in TYPE A
     ftp.sendcmd("PORT 127,0,0,1,200,20")
     assert ftp.sendcmd("STOR /late.bin").startswith("150")
     _, cmd = broker.expect(m.StartReceive)
@@ -652,11 +654,48 @@ def test_xcrc_of_a_range_asks_a_holder(master: Master, broker: FakeBroker) -> No
     broker.responders[m.Checksum] = lambda s, c: [m.ChecksumResult(req_id=c.req_id, crc32=0xABC, size=10)]
     ftp = master.client()
     wait_online(ftp)
+    ftp.voidcmd("TYPE I")  # XCRC is refused in TYPE A (test_size_rest_xcrc_in_type_a)
     assert ftp.sendcmd("XCRC /pub/a.bin 2 5") == "250 00000ABC"
     _, cmd = broker.expect(m.Checksum)
     assert (cmd.path, cmd.start, cmd.end) == ("/pub/a.bin", 2, 5)
     with pytest.raises(ftplib.error_perm, match="^550"):
         ftp.sendcmd("XCRC /pub/none.bin")
+    ftp.quit()
+
+
+def test_size_rest_xcrc_in_type_a(master: Master) -> None:
+    ftp = master.client()
+    wait_online(ftp)
+    ftp.voidcmd("TYPE A")
+    for cmd, code in (("SIZE /pub/a.bin", "550"), ("REST 4", "501"), ("XCRC /pub/a.bin", "550")):
+        with pytest.raises(ftplib.error_perm, match=f"^{code} .*ASCII mode"):
+            ftp.sendcmd(cmd)
+    ftp.voidcmd("TYPE I")
+    assert ftp.sendcmd("SIZE /pub/a.bin") == "213 10"
+    assert ftp.sendcmd("REST 4").startswith("350")
+    ftp.sendcmd("REST 0")
+    ftp.quit()
+
+
+def test_starts_carry_the_session_type(master: Master, broker: FakeBroker) -> None:
+    broker.responders[m.StartSend] = started
+    broker.responders[m.StartReceive] = started
+    ftp = master.client()
+    wait_online(ftp)
+    for type_, ascii in (("A", True), ("I", False)):
+        ftp.voidcmd(f"TYPE {type_}")
+        ftp.sendcmd("PORT 127,0,0,1,200,12")
+        assert ftp.sendcmd("RETR /pub/a.bin").startswith("150")
+        _, send = broker.expect(m.StartSend)
+        assert send.ascii is ascii
+        broker.from_slave("s1", m.TransferDone(xfer_id=send.xfer_id, ok=True, bytes=10, size=10))
+        assert ftp.voidresp().startswith("226")
+        ftp.sendcmd("PORT 127,0,0,1,200,13")
+        assert ftp.sendcmd(f"STOR /up-{type_}.txt").startswith("150")
+        _, recv = broker.expect(m.StartReceive)
+        assert recv.ascii is ascii
+        broker.from_slave("s1", m.TransferDone(xfer_id=recv.xfer_id, ok=True, bytes=3, size=2, crc32=1))
+        assert ftp.voidresp().startswith("226")
     ftp.quit()
 
 

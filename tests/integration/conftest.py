@@ -224,12 +224,14 @@ class Cluster:
 
     def ftp(self, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD,
             timeout: float = CONTROL_TIMEOUT_S) -> ftplib.FTP:
-        """A logged-in ftplib client that trusts the 227 address (needed for PRET+PASV)."""
+        """A logged-in ftplib client that trusts the 227 address (needed for PRET+PASV), in
+        TYPE I: the helpers move binary data (the FTP default, TYPE A, converts line ends)."""
         ftp = ftplib.FTP(timeout=timeout)
         ftp.trust_server_pasv_ipv4_address = True
         ftp.connect("127.0.0.1", self.ftp_port)
         try:
             ftp.login(user, password)
+            ftp.voidcmd("TYPE I")
         except BaseException:
             ftp.close()
             raise
@@ -261,7 +263,8 @@ def open_data(ftp: ftplib.FTP, cmd: str, mode: str, rest: int | None = None) -> 
 
 def upload(ftp: ftplib.FTP, path: str, source: Path | bytes, mode: str, *, cmd: str = "STOR",
            rest: int | None = None, offset: int = 0) -> str:
-    """Send `source` (from byte `offset`) with `cmd`; returns the final reply (226)."""
+    """Send `source` (from byte `offset`) with `cmd` in TYPE I; returns the final reply (226)."""
+    ftp.voidcmd("TYPE I")  # binary data; ftplib's nlst/retrlines leave the session in TYPE A
     with open_data(ftp, f"{cmd} {path}", mode, rest) as conn:
         if isinstance(source, bytes):
             conn.sendall(source[offset:])
@@ -275,7 +278,8 @@ def upload(ftp: ftplib.FTP, path: str, source: Path | bytes, mode: str, *, cmd: 
 
 def download(ftp: ftplib.FTP, path: str, mode: str, rest: int | None = None,
              sink: Path | None = None) -> bytes | tuple[int, str]:
-    """RETR `path`: the bytes, or with `sink` (length, sha256) after writing them there."""
+    """RETR `path` in TYPE I: the bytes, or with `sink` (length, sha256) after writing them there."""
+    ftp.voidcmd("TYPE I")  # binary data; ftplib's nlst/retrlines leave the session in TYPE A
     digest, parts, size = hashlib.sha256(), [], 0
     out = open(sink, "wb") if sink else None
     try:

@@ -471,6 +471,7 @@ def test_ftpcluster_up_smoke(tmp_path):
             ftp.trust_server_pasv_ipv4_address = True
             ftp.connect("127.0.0.1", port, timeout=30)
             ftp.login("demo", "demo")
+            ftp.voidcmd("TYPE I")
             upload(ftp, "/smoke.bin", data, "pret")
             assert download(ftp, "/smoke.bin", "active") == data
         children = psutil.Process(proc.pid).children()

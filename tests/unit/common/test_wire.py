@@ -23,6 +23,8 @@ SAMPLES: list[m.Message] = [
     m.StartSend(req_id=3, xfer_id=4, path="/a/b", offset=10, connect_to=("127.0.0.1", 5000)),
     m.StartSend(req_id=3, xfer_id=4, path="/a/b"),
     m.StartReceive(req_id=5, xfer_id=6, path="/ü/x", offset=7, append=True),
+    m.StartSend(req_id=3, xfer_id=4, path="/t.txt", ascii=True),
+    m.StartReceive(req_id=5, xfer_id=6, path="/t.txt", ascii=True),
     m.Abort(req_id=7, xfer_id=8),
     m.ClearPort(req_id=7, port=40001),
     m.DoneAck(xfer_id=3, more=[4, 5]),
@@ -169,3 +171,11 @@ def test_random_bytes_never_raise_anything_but_bad_frame():
             wire.decode_stats([rng.randbytes(8), tag, body])
         except BadFrame:
             pass
+
+
+def test_a_start_without_the_ascii_field_means_type_i():
+    """A start from a master that predates StartSend/StartReceive.ascii decodes as TYPE I."""
+    for cls in (m.StartSend, m.StartReceive):
+        fields = {"t": cls.__name__, "req_id": 1, "xfer_id": 2, "path": "/f"}
+        decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=m.BrokerToSlave)
+        assert isinstance(decoded, cls) and decoded.ascii is False
