@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's, recorded at install time)."""
+    try:
+        return metadata.version("ftpcluster")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftpcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ftpcluster {version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for role in ("broker", "master", "slave"):
         p = sub.add_parser(role, help=f"run the {role}")
