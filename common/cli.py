@@ -33,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", default="127.0.0.1", help="FTP listen address (default 127.0.0.1)")
     st = sub.add_parser("stats", help="show the slaves' stats live (from the broker's stats feed)")
     where = st.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", help="the broker's stats XPUB (default tcp://127.0.0.1:5553)")
+    where.add_argument("--endpoint", help="the broker's stats XPUB, e.g. tcp://10.0.0.1:5553")
     where.add_argument("--config", help="a broker or master TOML config to read the endpoint from")
+    where.add_argument("--data", metavar="DIR", help="the data directory of an `ftpcluster up` cluster "
+                       "(reads DIR/conf/broker.toml; default ./var when it has one, else "
+                       "tcp://127.0.0.1:5553)")
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--json", action="store_true", help="JSON: one object per stats message (with --once: "
                     "one snapshot object)")
@@ -66,11 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                                      host=args.host)
         if args.command == "stats":
             from common import statstool
-            endpoint = args.endpoint or (statstool.endpoint_from_config(args.config) if args.config
-                                         else statstool.DEFAULT_ENDPOINT)
+            endpoint, source = statstool.find_endpoint(args.endpoint, args.config, args.data)
             return statstool.run(endpoint, once=args.once, as_json=args.json, prometheus=args.prometheus,
                                  stale_after=args.stale_after, offline_after=args.offline_after,
-                                 wait=args.wait)
+                                 wait=args.wait, source=source)
         if args.command == "hash-password":
             from master.users import hash_password
             password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import (
-    ADMIN_PASSWORD, ADMIN_USER, Cluster, download, open_data, random_file,
+    ADMIN_PASSWORD, ADMIN_USER, Cluster, cli_cmd, cli_env, download, open_data, random_file,
     sha256_file, slave_receiving, upload, wait_for,
 )
 
@@ -454,4 +455,27 @@ def test_ftpcluster_up_smoke(tmp_path, up_factory):
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert alive == [], f"children still running after SIGTERM: {alive}"
     assert [line for line in up.seen if "is up with" in line] == [url_line]
+
+
+def stats_once_json(*args: str, cwd: Path) -> dict:
+    out = subprocess.run(cli_cmd("stats", "--once", "--json", *args), capture_output=True, text=True,
+                         timeout=30, cwd=cwd, env=cli_env())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_stats_with_no_options_finds_the_cluster_up_started_in_dot_var(tmp_path, up_factory):
+    """`up` picks random broker ports; `stats` reads them from ./var/conf/broker.toml."""
+    from common.launcher import free_ports
+    up = up_factory("--port", str(free_ports(1)[0]), "--slaves", "3", cwd=tmp_path)
+    up.expect("is up with 3 slaves", 45)
+    assert (tmp_path / "var" / "conf" / "broker.toml").is_file()
+    names = ["slave1", "slave2", "slave3"]
+
+    def every_slave(*args: str, cwd: Path) -> bool:
+        # A slave whose first stats went out before its PUB was connected shows with its next.
+        return sorted(s["name"] for s in stats_once_json(*args, cwd=cwd)["slaves"]) == names
+    wait_for(lambda: every_slave(cwd=tmp_path), 20, "every slave in `stats --once --json`", interval=0)
+    assert every_slave("--data", str(tmp_path / "var"), cwd=REPO)
+    assert up.stop() == 0
 
