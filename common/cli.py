@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(role, help=f"run the {role}")
         p.add_argument("--config", required=True, help="TOML config file")
     up = sub.add_parser("up", help="run a whole cluster on this machine in the foreground")
-    up.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
-    up.add_argument("--slaves", type=int, default=3, help="number of slaves (default 3)")
+    # Existing configs in DATA/conf are kept and win over --port/--host (common.launcher.decide_start).
+    up.add_argument("--port", type=int, help="FTP port of a new master.toml (default 2121)")
+    up.add_argument("--slaves", type=int, help="number of slaves; missing slave configs are written "
+                    "(default: as many as DATA/conf has, else 3)")
     up.add_argument("--data", default="./var", help="data directory (default ./var)")
-    up.add_argument("--host", default="127.0.0.1", help="FTP listen address (default 127.0.0.1)")
+    up.add_argument("--host", help="FTP listen address of a new master.toml (default 127.0.0.1)")
     st = sub.add_parser("stats", help="show the slaves' stats live (from the broker's stats feed)")
     where = st.add_mutually_exclusive_group()
     where.add_argument("--endpoint", help="the broker's stats XPUB, e.g. tcp://10.0.0.1:5553")

@@ -479,3 +479,42 @@ def test_stats_with_no_options_finds_the_cluster_up_started_in_dot_var(tmp_path,
     assert every_slave("--data", str(tmp_path / "var"), cwd=REPO)
     assert up.stop() == 0
 
+
+def test_up_keeps_edited_configs_across_restarts(tmp_path, up_factory):
+    from common.launcher import free_ports
+    from master.users import hash_password
+    port, other_port = free_ports(2)
+    data, conf = tmp_path / "var", tmp_path / "var" / "conf"
+    first = up_factory("--port", str(port), "--slaves", "1", "--data", str(data), cwd=REPO, data=data)
+    first.expect("is up with 1 slaves", 45)
+    assert first.stop() == 0
+    before = {p.name: p.read_text() for p in conf.glob("*.toml")}
+    assert sorted(before) == ["broker.toml", "master.toml", "slave1.toml"]
+
+    # The operator adds a user and changes an option, as the README says.
+    master = conf / "master.toml"
+    edited = (master.read_text().replace("[master]\n", '[master]\npassive_without_pret = "refuse"\n')
+              + f'\n[[users]]\nname = "alice"\npassword_hash = "{hash_password("wonderland")}"\n'
+                'perms = "elradfmw"\n')
+    master.write_text(edited)
+
+    second = up_factory("--port", str(other_port), "--slaves", "2", "--data", str(data),
+                        cwd=REPO, data=data)
+    notice = second.expect("wins over --port", 10)
+    assert notice == (f"ftpcluster: {master} has listen_port = {port}, which wins over --port "
+                      f"{other_port} (edit that file to change it)")
+    assert second.expect("existing configs", 10) == (
+        f"ftpcluster: using the existing configs in {conf} (3 kept; wrote slave2.toml)")
+    assert second.expect("is up with 2 slaves", 45) == (
+        f"ftpcluster: ftp://demo:demo@127.0.0.1:{port}/ is up with 2 slaves")
+    after = {p.name: p.read_text() for p in conf.glob("*.toml")}
+    assert after == before | {"master.toml": edited, "slave2.toml": after["slave2.toml"]}
+    assert after["slave2.toml"].replace("slave2", "slave1") == before["slave1.toml"]  # same broker ports
+    with ftplib.FTP() as ftp:
+        ftp.trust_server_pasv_ipv4_address = True
+        ftp.connect("127.0.0.1", port, timeout=30)
+        ftp.login("alice", "wonderland")
+        upload(ftp, "/alice.bin", b"x" * 1000, "pret")
+        with pytest.raises(ftplib.error_temp, match="^425 Passive mode without PRET"):
+            ftp.retrbinary("RETR /alice.bin", lambda _chunk: None)
+    assert second.stop() == 0
