@@ -7,23 +7,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's, recorded at install time)."""
+    try:
+        return metadata.version("ftpcluster")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftpcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ftpcluster {version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for role in ("broker", "master", "slave"):
         p = sub.add_parser(role, help=f"run the {role}")
         p.add_argument("--config", required=True, help="TOML config file")
     up = sub.add_parser("up", help="run a whole cluster on this machine in the foreground")
-    up.add_argument("--port", type=int, default=2121, help="FTP port (default 2121)")
-    up.add_argument("--slaves", type=int, default=3, help="number of slaves (default 3)")
+    # Existing configs in DATA/conf are kept and win over --port/--host (common.launcher.decide_start).
+    up.add_argument("--port", type=int, help="FTP port of a new master.toml (default 2121)")
+    up.add_argument("--slaves", type=int, help="number of slaves; missing slave configs are written "
+                    "(default: as many as DATA/conf has, else 3)")
     up.add_argument("--data", default="./var", help="data directory (default ./var)")
-    up.add_argument("--host", default="127.0.0.1", help="FTP listen address (default 127.0.0.1)")
+    up.add_argument("--host", help="FTP listen address of a new master.toml (default 127.0.0.1)")
     st = sub.add_parser("stats", help="show the slaves' stats live (from the broker's stats feed)")
     where = st.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", help="the broker's stats XPUB (default tcp://127.0.0.1:5553)")
+    where.add_argument("--endpoint", help="the broker's stats XPUB, e.g. tcp://10.0.0.1:5553")
     where.add_argument("--config", help="a broker or master TOML config to read the endpoint from")
+    where.add_argument("--data", metavar="DIR", help="the data directory of an `ftpcluster up` cluster "
+                       "(reads DIR/conf/broker.toml; default ./var when it has one, else "
+                       "tcp://127.0.0.1:5553)")
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--json", action="store_true", help="JSON: one object per stats message (with --once: "
                     "one snapshot object)")
@@ -55,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                                      host=args.host)
         if args.command == "stats":
             from common import statstool
-            endpoint = args.endpoint or (statstool.endpoint_from_config(args.config) if args.config
-                                         else statstool.DEFAULT_ENDPOINT)
+            endpoint, source = statstool.find_endpoint(args.endpoint, args.config, args.data)
             return statstool.run(endpoint, once=args.once, as_json=args.json, prometheus=args.prometheus,
                                  stale_after=args.stale_after, offline_after=args.offline_after,
-                                 wait=args.wait)
+                                 wait=args.wait, source=source)
         if args.command == "hash-password":
             from master.users import hash_password
             password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")

@@ -1,6 +1,7 @@
 """`ftpcluster up`: a whole cluster on this machine, in the foreground, as separate processes.
 
-It writes one TOML config per role under DATA/conf, starts the broker, the master and N
+It writes one TOML config per role under DATA/conf (only those that are missing: an existing
+config is the operator's and is used as it is, see `decide_start`), starts the broker, the master and N
 slaves (`python -m <role> --config FILE`, logs in DATA/log), prints one line with the FTP
 URL once every slave is online, restarts a role that dies unexpectedly after a back-off
 (1 s doubling to 10 s, as systemd would in a real deployment), and on Ctrl-C or SIGTERM
@@ -18,6 +19,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -205,6 +207,150 @@ def render_configs(plan: ClusterPlan) -> dict[str, str]:
     return out
 
 
+DEFAULT_FTP_HOST = "127.0.0.1"
+DEFAULT_FTP_PORT = 2121
+DEFAULT_SLAVES = 3
+MAX_SLAVES = 64
+PORT_FIELDS = ("master", "slave", "stats_in", "stats_out")
+_SLAVE_FILE = re.compile(r"^slave([1-9][0-9]*)\.toml$")
+_TCP_PORT = re.compile(r"^tcp://(?:\[[^\]]*\]|[^:/\[\]]+):([0-9]{1,5})$")
+
+
+def endpoint_port(endpoint: str) -> int | None:
+    """The port of a "tcp://HOST:PORT" endpoint, or None for any other form.
+
+    >>> endpoint_port("tcp://127.0.0.1:6001"), endpoint_port("ipc:///run/x")
+    (6001, None)
+    """
+    match = _TCP_PORT.match(endpoint)
+    return int(match[1]) if match and 0 < int(match[1]) < 65536 else None
+
+
+@dataclass(frozen=True)
+class ExistingConfigs:
+    """What a data directory's conf/ already holds (read by `read_existing`)."""
+
+    conf_dir: Path
+    roles: frozenset[str] = frozenset()
+    """Process names with a config file: "broker", "master", "slave<k>"."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """The broker ports those files agree on (PORT_FIELDS), from broker.toml first, then
+    from the master's and the first slave's endpoints."""
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """PORT_FIELDS whose endpoint is not tcp://HOST:PORT: "FILE: key KEY" for the message."""
+    listen: tuple[str, int] | None = None
+    """master.toml's listen_host and listen_port."""
+
+    @property
+    def slave_numbers(self) -> list[int]:
+        return sorted(int(r[5:]) for r in self.roles if r.startswith("slave"))
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    """What `ftpcluster up` runs, given the existing configs and the command line."""
+
+    ftp_host: str
+    ftp_port: int
+    slaves: int
+    ports: BrokerPorts
+    write: tuple[str, ...]
+    """Process names whose config is missing and is written now (in start order)."""
+    notices: tuple[str, ...] = ()
+    """One line each: which of a differing option and an existing config wins, and so on."""
+
+
+def decide_start(existing: ExistingConfigs, *, port: int | None, host: str | None,
+                 slaves: int | None, fresh_ports: Sequence[int]) -> StartDecision:
+    """Which configs to write and what to run. An existing config always wins: it is kept
+    as it is (the operator's edits, the broker's random ports, the demo password hash).
+
+    - No configs: write all, with --port/--host/--slaves or their defaults and the first
+      four of `fresh_ports` that are distinct from each other.
+    - master.toml exists: its listen_host/listen_port are used; a differing --port or
+      --host is ignored with one notice line naming the file.
+    - Slaves: --slaves N runs slave1..N (missing configs written; configs of higher
+      numbers are kept but not started, with a notice); without --slaves, slave1 up to the
+      highest existing slave<k>.toml (3 when there is none).
+    - A missing config gets the broker ports the existing ones use (broker.toml first, then
+      master.toml's and a slave's endpoints), fresh ports for any nobody names.
+    Raises ConfigError when a missing config needs a port an existing file names in a
+    form other than tcp://HOST:PORT.
+    """
+    from common.config import ConfigError
+
+    conf = existing.conf_dir
+    notices: list[str] = []
+    count = slaves if slaves is not None else max(existing.slave_numbers, default=DEFAULT_SLAVES)
+    if existing.listen is not None:
+        ftp_host, ftp_port = existing.listen
+        for option, given, kept, key in (("--port", port, ftp_port, "listen_port"),
+                                         ("--host", host, ftp_host, "listen_host")):
+            if given is not None and given != kept:
+                notices.append(f"{conf / 'master.toml'} has {key} = {_toml(kept)}, which wins over "
+                               f"{option} {given} (edit that file to change it)")
+    else:
+        ftp_host = host if host is not None else DEFAULT_FTP_HOST
+        ftp_port = port if port is not None else DEFAULT_FTP_PORT
+    wanted = ["broker", "master", *(f"slave{i}" for i in range(1, count + 1))]
+    write = tuple(name for name in wanted if name not in existing.roles)
+    idle = [f"slave{k}" for k in existing.slave_numbers if k > count]
+    if idle:
+        notices.append(f"--slaves {count}: not starting {', '.join(idle)} "
+                       f"(their configs stay in {conf})")
+    needs = {"broker": PORT_FIELDS, "master": ("master", "stats_out")}
+    needed = {f for name in write for f in needs.get(name, ("slave", "stats_in"))}
+    for f in sorted(needed & existing.unreadable.keys()):
+        raise ConfigError(f"{existing.unreadable[f]}: expected tcp://HOST:PORT to write "
+                          f"{', '.join(n + '.toml' for n in write)} from it")
+    spare = iter(p for p in dict.fromkeys(fresh_ports) if p not in existing.ports.values())
+    ports = {f: existing.ports[f] if f in existing.ports else next(spare) for f in PORT_FIELDS}
+    return StartDecision(ftp_host=ftp_host, ftp_port=ftp_port, slaves=count,
+                         ports=BrokerPorts(**ports), write=write, notices=tuple(notices))
+
+
+def read_existing(conf_dir: Path) -> ExistingConfigs:
+    """Read (and validate) the configs under `conf_dir`; raises ConfigError for a bad one."""
+    from common.config import BrokerConfig, MasterConfig, SlaveConfig, load
+
+    roles: set[str] = set()
+    ports: dict[str, int] = {}
+    unreadable: dict[str, str] = {}
+    listen = None
+
+    def note(fieldname: str, endpoint: str, where: str) -> None:
+        if fieldname in ports or fieldname in unreadable:
+            return
+        number = endpoint_port(endpoint)
+        if number is None:
+            unreadable[fieldname] = f"{where}: {endpoint!r}"
+        else:
+            ports[fieldname] = number
+
+    broker_path = conf_dir / "broker.toml"
+    if broker_path.is_file():
+        roles.add("broker")
+        b = load(broker_path, BrokerConfig).broker
+        for f in PORT_FIELDS:
+            note(f, getattr(b, f"{f}_endpoint"), f"{broker_path}: key broker.{f}_endpoint")
+    master_path = conf_dir / "master.toml"
+    if master_path.is_file():
+        roles.add("master")
+        m = load(master_path, MasterConfig).master
+        listen = (m.listen_host, m.listen_port)
+        note("master", m.broker_endpoint, f"{master_path}: key master.broker_endpoint")
+        note("stats_out", m.stats_endpoint, f"{master_path}: key master.stats_endpoint")
+    slave_files = sorted((int(match[1]), path) for path in conf_dir.glob("slave*.toml")
+                         if (match := _SLAVE_FILE.match(path.name)) and path.is_file())
+    for number, path in slave_files:
+        roles.add(f"slave{number}")
+        sl = load(path, SlaveConfig).slave
+        note("slave", sl.broker_endpoint, f"{path}: key slave.broker_endpoint")
+        note("stats_in", sl.stats_endpoint, f"{path}: key slave.stats_endpoint")
+    return ExistingConfigs(conf_dir=conf_dir, roles=frozenset(roles), ports=ports,
+                           unreadable=unreadable, listen=listen)
+
+
 # ---------------------------------------------------------------- small I/O helpers
 
 PRIVATE_PORTS_FROM = 10000
@@ -265,8 +411,9 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def write_configs(plan: ClusterPlan) -> dict[str, Path]:
-    """Write every role's config (and create the data directories); returns the paths."""
+def write_configs(plan: ClusterPlan, only: Sequence[str] | None = None) -> dict[str, Path]:
+    """Write every role's config, or only those named in `only` (and create the data
+    directories); returns the paths of every role's config."""
     plan.conf_dir.mkdir(parents=True, exist_ok=True)
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     plan.master_state_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +422,8 @@ def write_configs(plan: ClusterPlan) -> dict[str, Path]:
     paths = {}
     for role, text in render_configs(plan).items():
         path = plan.config_path(role)
-        path.write_text(text)
+        if only is None or role in only:
+            path.write_text(text)
         paths[role] = path
     return paths
 
@@ -348,31 +496,55 @@ def _say(text: str) -> None:
     print(f"ftpcluster: {text}", flush=True)
 
 
-def run_local_cluster(port: int = 2121, slaves: int = 3, data: str = "./var",
-                      host: str = "127.0.0.1") -> int:
-    """Run broker, master and `slaves` slaves until Ctrl-C or SIGTERM; returns the exit code."""
-    refusal = loopback_refusal(host)
-    if refusal:
-        print(f"ftpcluster: {refusal}", file=sys.stderr)
+def run_local_cluster(port: int | None = None, slaves: int | None = None, data: str = "./var",
+                      host: str | None = None) -> int:
+    """Run broker, master and the slaves until Ctrl-C or SIGTERM; returns the exit code.
+    None means "not given": the existing configs or the defaults decide (see decide_start).
+    Raises ConfigError for a bad existing config."""
+    if host is not None:
+        refusal = loopback_refusal(host)
+        if refusal:
+            print(f"ftpcluster: {refusal}", file=sys.stderr)
+            return 2
+    if slaves is not None and not 1 <= slaves <= MAX_SLAVES:
+        print(f"ftpcluster: --slaves must be between 1 and {MAX_SLAVES}, not {slaves}", file=sys.stderr)
         return 2
-    if not 1 <= slaves <= 64:
-        print(f"ftpcluster: --slaves must be between 1 and 64, not {slaves}", file=sys.stderr)
-        return 2
-    if not 1 <= port <= 65535:
+    if port is not None and not 1 <= port <= 65535:
         print(f"ftpcluster: --port must be between 1 and 65535, not {port}", file=sys.stderr)
         return 2
-    if port_in_use(host, port):
-        print(f"ftpcluster: {host}:{port} is already in use (choose another with --port)",
-              file=sys.stderr)
-        return 1
-
-    from master.users import hash_password
 
     data_dir = Path(data).resolve()
+    existing = read_existing(data_dir / "conf")
+    decision = decide_start(existing, port=port, host=host, slaves=slaves, fresh_ports=free_ports(8))
+    if not 1 <= decision.slaves <= MAX_SLAVES:
+        print(f"ftpcluster: {decision.slaves} slaves (slave1..slave{decision.slaves}.toml in "
+              f"{existing.conf_dir}): at most {MAX_SLAVES}; pass --slaves N", file=sys.stderr)
+        return 2
+    host, port, slaves = decision.ftp_host, decision.ftp_port, decision.slaves
+    if "master" in decision.write:
+        refusal = loopback_refusal(host)
+        if refusal:
+            print(f"ftpcluster: {refusal}", file=sys.stderr)
+            return 2
+    if port_in_use(host, port):
+        where = (f"edit listen_port in {existing.conf_dir / 'master.toml'}" if existing.listen
+                 else "choose another with --port")
+        print(f"ftpcluster: {host}:{port} is already in use ({where})", file=sys.stderr)
+        return 1
+
+    users: tuple[User, ...] = ()
+    if "master" in decision.write:
+        from master.users import hash_password
+        users = (User(DEMO_USER, hash_password(DEMO_PASSWORD)),)
     plan = ClusterPlan(data=data_dir, ftp_host=host, ftp_port=port, slaves=slaves,
-                       ports=BrokerPorts.of(free_ports(4)),
-                       users=(User(DEMO_USER, hash_password(DEMO_PASSWORD)),))
-    paths = write_configs(plan)
+                       ports=decision.ports, users=users)
+    paths = write_configs(plan, only=decision.write)
+    for notice in decision.notices:
+        _say(notice)
+    if existing.roles:
+        kept = len(plan.roles()) - len(decision.write)
+        wrote = f"; wrote {', '.join(n + '.toml' for n in decision.write)}" if decision.write else ""
+        _say(f"using the existing configs in {plan.conf_dir} ({kept} kept{wrote})")
     roles = [_Role(name, module, paths[name], plan.log_dir / f"{name}.log")
              for name, module in plan.roles()]
 

@@ -26,6 +26,8 @@ from common.config import BrokerConfig, ConfigError, MasterConfig, load
 from common.statsview import OFFLINE_AFTER_S, STALE_AFTER_S, StatsBoard, prometheus_samples, render_table
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5553"
+DEFAULT_DATA = "./var"
+"""`ftpcluster up`'s default data directory: with no options, stats reads DATA/conf/broker.toml."""
 TICK_S = 0.5
 ONCE_WAIT_S = 2.5
 """--once collects this long: the broker's cache replays at once, but a slave whose first
@@ -49,6 +51,25 @@ def endpoint_from_config(path: str) -> str:
     else:
         raise ConfigError(f"{path}: neither a broker nor a master config (no [broker] or [master] table)")
     return endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def find_endpoint(endpoint: str | None = None, config: str | None = None,
+                  data: str | None = None) -> tuple[str, str]:
+    """(stats endpoint, where it came from, for messages), in this order: --endpoint,
+    --config, --data DIR (its conf/broker.toml must exist), the default data directory's
+    conf/broker.toml when `ftpcluster up` wrote one, else DEFAULT_ENDPOINT.
+    Raises ConfigError (a bad or, for --data, missing broker.toml)."""
+    if endpoint:
+        return endpoint, "--endpoint"
+    if config:
+        return endpoint_from_config(config), config
+    broker = Path(data or DEFAULT_DATA) / "conf" / "broker.toml"
+    if data is not None and not broker.is_file():
+        raise ConfigError(f"{broker}: no such file: --data {data} is not the data directory of "
+                          "an `ftpcluster up` cluster")
+    if broker.is_file():
+        return endpoint_from_config(str(broker)), str(broker)
+    return DEFAULT_ENDPOINT, f"the default endpoint; no {broker}"
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -112,8 +133,9 @@ def serve_prometheus(board: StatsBoard, lock: threading.Lock, host: str, port: i
 
 def run(endpoint: str, *, once: bool = False, as_json: bool = False, prometheus: str = "",
         stale_after: float = STALE_AFTER_S, offline_after: float = OFFLINE_AFTER_S,
-        wait: float = ONCE_WAIT_S) -> int:
-    """The `ftpcluster stats` loop; returns the exit code."""
+        wait: float = ONCE_WAIT_S, source: str = "") -> int:
+    """The `ftpcluster stats` loop; returns the exit code (`once`: 1 when no stats arrived).
+    `source` says where `endpoint` came from (for the error line)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -145,6 +167,13 @@ def run(endpoint: str, *, once: bool = False, as_json: bool = False, prometheus:
                 for stats in feed.poll(min(0.1, max(0.0, deadline - time.monotonic()))):
                     board.update(stats, time.monotonic(), time.time())
             now = time.monotonic()
+            if not board.rows:
+                if not stopping:
+                    origin = f" ({source})" if source else ""
+                    print(f"ftpcluster stats: no stats arrived from {endpoint}{origin} within {wait:g} s; "
+                          "is the cluster running? (see --data, --config, --endpoint, --wait)",
+                          file=sys.stderr, flush=True)
+                return 1
             if as_json:
                 emit(board.snapshot(now))
             else:

@@ -17,20 +17,24 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import pytest
 
 from common import launcher
 from common.launcher import BrokerPorts, ClusterPlan, User
 
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret"
 READY_TIMEOUT_S = 30.0
@@ -314,6 +318,121 @@ def random_file(path: Path, size: int) -> Path:
             f.write(os.urandom(n))
             left -= n
     return path
+
+
+# ---------------------------------------------------------------- ftpcluster up
+
+def cli_cmd(*args: str) -> list[str]:
+    """`ftpcluster ARGS` from this checkout, runnable with any cwd (see cli_env)."""
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def cli_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+
+
+class UpProcess:
+    """`ftpcluster up ARGS` as a subprocess in its own process group, with `cwd` (its data
+    directory is `data`: --data, or cwd/var), and its output read line by line."""
+
+    def __init__(self, *args: str, cwd: Path, data: Path) -> None:
+        self.data = data
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(cli_cmd("up", *args), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=cli_env(), start_new_session=True)
+        self._children: list[psutil.Process] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._lines.put(raw.decode(errors="replace").rstrip("\n"))
+        self._lines.put("")
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted((self.data / "log").glob("*.log")))
+
+    def expect(self, fragment: str, timeout: float) -> str:
+        """The next output line containing `fragment`; AssertionError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is not None:
+                self.seen.append(line)
+                if fragment in line:
+                    return line
+            if line == "" and self.proc.poll() is not None or time.monotonic() >= deadline:
+                raise AssertionError(f"no line with {fragment!r}; output so far: {self.seen}\n{self.logs()}")
+
+    def children(self) -> list[psutil.Process]:
+        """The roles it runs (remembered, so that close() can kill them if it must)."""
+        kids = psutil.Process(self.proc.pid).children()
+        self._children = list({c.pid: c for c in [*self._children, *kids]}.values())
+        return kids
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM and wait for it; its exit code. Past `timeout`: SIGKILL everything, raise."""
+        if self.proc.poll() is None:
+            try:
+                self.children()
+            except psutil.Error:
+                pass
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            self._reader.join(timeout=5)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL its process group and every role it started (each runs in its own)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+        for child in self._children:
+            try:
+                child.kill()  # psutil checks that the pid is still that process
+            except psutil.Error:
+                pass
+        psutil.wait_procs(self._children, timeout=5)
+        self._reader.join(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def up_factory() -> Iterator[Callable[..., UpProcess]]:
+    """Start `ftpcluster up` processes that are always torn down after the test."""
+    started: list[UpProcess] = []
+
+    def start(*args: str, cwd: Path, data: Path | None = None) -> UpProcess:
+        up = UpProcess(*args, cwd=cwd, data=data if data is not None else cwd / "var")
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        if up.proc.poll() is None:
+            try:
+                up.stop()
+            except subprocess.TimeoutExpired:
+                pass
+        up.kill()
 
 
 # ---------------------------------------------------------------- fixtures

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import psutil
 import pytest
 
 from tests.integration.conftest import (
-    ADMIN_PASSWORD, ADMIN_USER, Cluster, download, open_data, random_file, sha256_file,
-    slave_receiving, upload, wait_for,
+    ADMIN_PASSWORD, ADMIN_USER, Cluster, cli_cmd, cli_env, download, open_data, random_file,
+    sha256_file, slave_receiving, upload, wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -427,76 +426,96 @@ def test_broker_killed_and_restarted(cluster_factory):
 
 # ---------------------------------------------------------------- ftpcluster up
 
-def test_ftpcluster_up_smoke(tmp_path):
+def test_ftpcluster_up_smoke(tmp_path, up_factory):
     from common.launcher import free_ports
     port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "up", "--port", str(port), "--slaves", "2",
-         "--data", str(tmp_path / "var")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
-    lines: queue.Queue[str] = queue.Queue()
-    seen: list[str] = []
+    up = up_factory("--port", str(port), "--slaves", "2", "--data", str(tmp_path / "var"),
+                    cwd=REPO, data=tmp_path / "var")
+    url_line = up.expect("is up with 2 slaves", 45)
+    assert url_line == f"ftpcluster: ftp://demo:demo@127.0.0.1:{port}/ is up with 2 slaves"
+    data = os.urandom(3 << 20)
+    with ftplib.FTP() as ftp:
+        ftp.trust_server_pasv_ipv4_address = True
+        ftp.connect("127.0.0.1", port, timeout=30)
+        ftp.login("demo", "demo")
+        ftp.voidcmd("TYPE I")
+        upload(ftp, "/smoke.bin", data, "pret")
+        assert download(ftp, "/smoke.bin", "active") == data
+    children = up.children()
+    assert len(children) == 4, [c.cmdline() for c in children]
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.put(raw.decode(errors="replace").rstrip("\n"))
-        lines.put("")
+    # a role that dies is started again, and the launcher says so
+    slave2 = next(c for c in children if any(a.endswith("slave2.toml") for a in c.cmdline()))
+    slave2.kill()
+    up.expect("slave2 exited unexpectedly", 10)
+    up.expect("slave2 restarted", 10)
+    children = up.children()
+    assert len(children) == 4
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-
-    def expect(fragment: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is not None:
-                seen.append(line)
-                if fragment in line:
-                    return line
-            if line == "" and proc.poll() is not None or time.monotonic() >= deadline:
-                logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}"
-                                 for p in sorted((tmp_path / "var" / "log").glob("*.log")))
-                raise AssertionError(f"no line with {fragment!r}; output so far: {seen}\n{logs}")
-
-    children: list[psutil.Process] = []
-    try:
-        url_line = expect("is up with 2 slaves", 45)
-        assert url_line == f"ftpcluster: ftp://demo:demo@127.0.0.1:{port}/ is up with 2 slaves"
-        data = os.urandom(3 << 20)
-        with ftplib.FTP() as ftp:
-            ftp.trust_server_pasv_ipv4_address = True
-            ftp.connect("127.0.0.1", port, timeout=30)
-            ftp.login("demo", "demo")
-            ftp.voidcmd("TYPE I")
-            upload(ftp, "/smoke.bin", data, "pret")
-            assert download(ftp, "/smoke.bin", "active") == data
-        children = psutil.Process(proc.pid).children()
-        assert len(children) == 4, [c.cmdline() for c in children]
-
-        # a role that dies is started again, and the launcher says so
-        slave2 = next(c for c in children if any(a.endswith("slave2.toml") for a in c.cmdline()))
-        slave2.kill()
-        expect("slave2 exited unexpectedly", 10)
-        expect("slave2 restarted", 10)
-        children = psutil.Process(proc.pid).children()
-        assert len(children) == 4
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            reader.join(timeout=5)
-            if proc.stdout:
-                proc.stdout.close()
-    assert code == 0
+    assert up.stop() == 0
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert alive == [], f"children still running after SIGTERM: {alive}"
-    assert [l for l in seen if "is up with" in l] == [url_line]
+    assert [line for line in up.seen if "is up with" in line] == [url_line]
+
+
+def stats_once_json(*args: str, cwd: Path) -> dict:
+    out = subprocess.run(cli_cmd("stats", "--once", "--json", *args), capture_output=True, text=True,
+                         timeout=30, cwd=cwd, env=cli_env())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_stats_with_no_options_finds_the_cluster_up_started_in_dot_var(tmp_path, up_factory):
+    """`up` picks random broker ports; `stats` reads them from ./var/conf/broker.toml."""
+    from common.launcher import free_ports
+    up = up_factory("--port", str(free_ports(1)[0]), "--slaves", "3", cwd=tmp_path)
+    up.expect("is up with 3 slaves", 45)
+    assert (tmp_path / "var" / "conf" / "broker.toml").is_file()
+    names = ["slave1", "slave2", "slave3"]
+
+    def every_slave(*args: str, cwd: Path) -> bool:
+        # A slave whose first stats went out before its PUB was connected shows with its next.
+        return sorted(s["name"] for s in stats_once_json(*args, cwd=cwd)["slaves"]) == names
+    wait_for(lambda: every_slave(cwd=tmp_path), 20, "every slave in `stats --once --json`", interval=0)
+    assert every_slave("--data", str(tmp_path / "var"), cwd=REPO)
+    assert up.stop() == 0
+
+
+def test_up_keeps_edited_configs_across_restarts(tmp_path, up_factory):
+    from common.launcher import free_ports
+    from master.users import hash_password
+    port, other_port = free_ports(2)
+    data, conf = tmp_path / "var", tmp_path / "var" / "conf"
+    first = up_factory("--port", str(port), "--slaves", "1", "--data", str(data), cwd=REPO, data=data)
+    first.expect("is up with 1 slaves", 45)
+    assert first.stop() == 0
+    before = {p.name: p.read_text() for p in conf.glob("*.toml")}
+    assert sorted(before) == ["broker.toml", "master.toml", "slave1.toml"]
+
+    # The operator adds a user and changes an option, as the README says.
+    master = conf / "master.toml"
+    edited = (master.read_text().replace("[master]\n", '[master]\npassive_without_pret = "refuse"\n')
+              + f'\n[[users]]\nname = "alice"\npassword_hash = "{hash_password("wonderland")}"\n'
+                'perms = "elradfmw"\n')
+    master.write_text(edited)
+
+    second = up_factory("--port", str(other_port), "--slaves", "2", "--data", str(data),
+                        cwd=REPO, data=data)
+    notice = second.expect("wins over --port", 10)
+    assert notice == (f"ftpcluster: {master} has listen_port = {port}, which wins over --port "
+                      f"{other_port} (edit that file to change it)")
+    assert second.expect("existing configs", 10) == (
+        f"ftpcluster: using the existing configs in {conf} (3 kept; wrote slave2.toml)")
+    assert second.expect("is up with 2 slaves", 45) == (
+        f"ftpcluster: ftp://demo:demo@127.0.0.1:{port}/ is up with 2 slaves")
+    after = {p.name: p.read_text() for p in conf.glob("*.toml")}
+    assert after == before | {"master.toml": edited, "slave2.toml": after["slave2.toml"]}
+    assert after["slave2.toml"].replace("slave2", "slave1") == before["slave1.toml"]  # same broker ports
+    with ftplib.FTP() as ftp:
+        ftp.trust_server_pasv_ipv4_address = True
+        ftp.connect("127.0.0.1", port, timeout=30)
+        ftp.login("alice", "wonderland")
+        upload(ftp, "/alice.bin", b"x" * 1000, "pret")
+        with pytest.raises(ftplib.error_temp, match="^425 Passive mode without PRET"):
+            ftp.retrbinary("RETR /alice.bin", lambda _chunk: None)
+    assert second.stop() == 0

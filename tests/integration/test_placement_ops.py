@@ -272,6 +272,30 @@ def test_stats_endpoint_from_config(tmp_path: Path, cluster_factory) -> None:
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "neither a broker nor a master" in out.stderr
 
 
+def test_stats_once_without_stats_exits_1_with_one_line(tmp_path: Path) -> None:
+    from common.launcher import free_ports, port_in_use
+    from tests.integration.conftest import cli_cmd, cli_env
+
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nobody publishes there
+    t0 = time.monotonic()
+    out = subprocess.run(cli_cmd("stats", "--once", "--json", "--wait", "0.5", "--endpoint", endpoint),
+                         capture_output=True, text=True, timeout=30, env=cli_env())
+    assert out.returncode == 1 and out.stdout == "" and time.monotonic() - t0 < 20
+    assert out.stderr.count("\n") == 1 and f"no stats arrived from {endpoint} (--endpoint) within 0.5 s" in out.stderr
+    # No options and no ./var here: the default endpoint, and the line says where it looked
+    # (unless something on this machine serves the default endpoint).
+    if not port_in_use("127.0.0.1", 5553):
+        out = subprocess.run(cli_cmd("stats", "--once", "--wait", "0.2"), capture_output=True, text=True,
+                             timeout=30, cwd=tmp_path, env=cli_env())
+        assert out.returncode == 1 and out.stdout == "" and out.stderr.count("\n") == 1
+        assert "tcp://127.0.0.1:5553 (the default endpoint; no var/conf/broker.toml)" in out.stderr
+    # --data that is not a cluster's: one line naming the file it looked for.
+    out = subprocess.run(cli_cmd("stats", "--once", "--data", str(tmp_path / "none")), capture_output=True,
+                         text=True, timeout=30, env=cli_env())
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert str(tmp_path / "none" / "conf" / "broker.toml") in out.stderr
+
+
 def test_allo_size_filters_slaves_without_room(cluster_factory) -> None:
     c = cluster_factory(slaves=2).start()
     with c.ftp() as ftp:

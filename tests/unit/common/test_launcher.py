@@ -118,3 +118,123 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as every server here does
             s.bind(("127.0.0.1", port))
+
+
+# ---------------------------------------------------------------- existing configs are kept
+
+def existing(tmp: Path, **kw) -> launcher.ExistingConfigs:
+    return launcher.ExistingConfigs(conf_dir=tmp / "conf", **kw)
+
+
+ALL_PORTS = {"master": 6001, "slave": 6002, "stats_in": 6003, "stats_out": 6004}
+FRESH = [7001, 7002, 7003, 7004, 7005, 7006, 7007, 7008]
+
+
+def test_a_new_data_directory_gets_every_config_with_the_options_or_defaults(tmp_path):
+    d = launcher.decide_start(existing(tmp_path), port=None, host=None, slaves=None, fresh_ports=FRESH)
+    assert (d.ftp_host, d.ftp_port, d.slaves) == ("127.0.0.1", 2121, 3)
+    assert d.write == ("broker", "master", "slave1", "slave2", "slave3")
+    assert d.ports == BrokerPorts(7001, 7002, 7003, 7004) and d.notices == ()
+    d = launcher.decide_start(existing(tmp_path), port=2200, host="127.0.0.2", slaves=1, fresh_ports=FRESH)
+    assert (d.ftp_host, d.ftp_port, d.slaves, d.write) == ("127.0.0.2", 2200, 1, ("broker", "master", "slave1"))
+
+
+def test_a_complete_set_of_configs_is_kept_and_nothing_is_written(tmp_path):
+    roles = frozenset({"broker", "master", "slave1", "slave2"})
+    d = launcher.decide_start(existing(tmp_path, roles=roles, ports=ALL_PORTS, listen=("127.0.0.1", 2300)),
+                              port=None, host=None, slaves=None, fresh_ports=FRESH)
+    assert d.write == () and d.notices == ()
+    assert (d.ftp_port, d.slaves) == (2300, 2)  # the slaves that have configs, not the default 3
+    assert d.ports == BrokerPorts(6001, 6002, 6003, 6004)
+
+
+def test_an_existing_master_config_wins_over_a_differing_port_and_host_with_one_line_each(tmp_path):
+    ex = existing(tmp_path, roles=frozenset({"broker", "master", "slave1"}), ports=ALL_PORTS,
+                  listen=("127.0.0.1", 2300))
+    d = launcher.decide_start(ex, port=2121, host="127.0.0.5", slaves=None, fresh_ports=FRESH)
+    assert (d.ftp_host, d.ftp_port) == ("127.0.0.1", 2300)
+    port_line, host_line = d.notices
+    assert str(tmp_path / "conf" / "master.toml") in port_line
+    assert "listen_port = 2300" in port_line and "wins over --port 2121" in port_line
+    assert "listen_host = \"127.0.0.1\"" in host_line and "--host 127.0.0.5" in host_line
+    same = launcher.decide_start(ex, port=2300, host="127.0.0.1", slaves=None, fresh_ports=FRESH)
+    assert same.notices == ()
+
+
+def test_more_slaves_write_only_the_missing_slave_configs_with_the_brokers_ports(tmp_path):
+    ex = existing(tmp_path, roles=frozenset({"broker", "master", "slave1", "slave2"}), ports=ALL_PORTS,
+                  listen=("127.0.0.1", 2121))
+    d = launcher.decide_start(ex, port=None, host=None, slaves=4, fresh_ports=FRESH)
+    assert d.write == ("slave3", "slave4") and d.slaves == 4
+    assert d.ports == BrokerPorts(6001, 6002, 6003, 6004) and d.notices == ()
+
+
+def test_fewer_slaves_keep_the_other_configs_but_do_not_start_them(tmp_path):
+    ex = existing(tmp_path, roles=frozenset({"broker", "master", "slave1", "slave2", "slave3"}),
+                  ports=ALL_PORTS, listen=("127.0.0.1", 2121))
+    d = launcher.decide_start(ex, port=None, host=None, slaves=1, fresh_ports=FRESH)
+    assert d.write == () and d.slaves == 1
+    (line,) = d.notices
+    assert "not starting slave2, slave3" in line and str(tmp_path / "conf") in line
+
+
+def test_a_missing_broker_config_reuses_the_ports_the_others_name(tmp_path):
+    ex = existing(tmp_path, roles=frozenset({"master", "slave1"}), ports=ALL_PORTS, listen=("127.0.0.1", 2121))
+    d = launcher.decide_start(ex, port=None, host=None, slaves=None, fresh_ports=FRESH)
+    assert d.write == ("broker",) and d.ports == BrokerPorts(6001, 6002, 6003, 6004)
+    # Only the master's config left: its two ports are kept, the slaves' are fresh (and not
+    # one the existing files already use).
+    ex = existing(tmp_path, roles=frozenset({"master"}), ports={"master": 6001, "stats_out": 7001},
+                  listen=("127.0.0.1", 2121))
+    d = launcher.decide_start(ex, port=None, host=None, slaves=None, fresh_ports=FRESH)
+    assert d.write == ("broker", "slave1", "slave2", "slave3")
+    assert d.ports == BrokerPorts(master=6001, slave=7002, stats_in=7003, stats_out=7001)
+
+
+def test_a_port_needed_from_an_endpoint_that_is_not_tcp_is_a_one_line_error(tmp_path):
+    ex = existing(tmp_path, roles=frozenset({"broker", "master", "slave1"}),
+                  ports={"master": 6001, "stats_in": 6003, "stats_out": 6004},
+                  unreadable={"slave": "conf/broker.toml: key broker.slave_endpoint: 'ipc:///tmp/s'"},
+                  listen=("127.0.0.1", 2121))
+    assert launcher.decide_start(ex, port=None, host=None, slaves=None, fresh_ports=FRESH).write == ()
+    with pytest.raises(config.ConfigError) as err:
+        launcher.decide_start(ex, port=None, host=None, slaves=2, fresh_ports=FRESH)
+    assert str(err.value) == ("conf/broker.toml: key broker.slave_endpoint: 'ipc:///tmp/s': "
+                              "expected tcp://HOST:PORT to write slave2.toml from it")
+
+
+def test_read_existing_reads_what_write_configs_wrote(tmp_path):
+    p = plan(tmp_path, slaves=2)
+    launcher.write_configs(p)
+    (tmp_path / "conf" / "slave9.toml.bak").write_text("not a config")
+    ex = launcher.read_existing(tmp_path / "conf")
+    assert ex.roles == {"broker", "master", "slave1", "slave2"} and ex.slave_numbers == [1, 2]
+    assert ex.ports == ALL_PORTS and ex.listen == ("127.0.0.1", 2121) and ex.unreadable == {}
+    (tmp_path / "conf" / "broker.toml").unlink()
+    assert launcher.read_existing(tmp_path / "conf").ports == ALL_PORTS  # from master and slave1
+    assert launcher.read_existing(tmp_path / "nothing").roles == frozenset()
+
+
+def test_read_existing_stops_at_a_bad_config_with_one_line_naming_file_and_key(tmp_path):
+    launcher.write_configs(plan(tmp_path, slaves=1))
+    master = tmp_path / "conf" / "master.toml"
+    master.write_text(master.read_text().replace("[master]", "[master]\nlisten_prot = 1"))
+    with pytest.raises(config.ConfigError) as err:
+        launcher.read_existing(tmp_path / "conf")
+    assert str(err.value) == f"{master}: key master.listen_prot: unknown key"
+
+
+def test_write_configs_only_writes_the_named_ones(tmp_path):
+    launcher.write_configs(plan(tmp_path, slaves=1))
+    master = tmp_path / "conf" / "master.toml"
+    master.write_text(master.read_text() + "# the operator's edit\n")
+    paths = launcher.write_configs(plan(tmp_path, slaves=2), only=("slave2",))
+    assert paths["slave2"].is_file() and "# the operator's edit" in master.read_text()
+
+
+def test_endpoint_port():
+    assert launcher.endpoint_port("tcp://127.0.0.1:6001") == 6001
+    assert launcher.endpoint_port("tcp://[::1]:6001") == 6001
+    assert launcher.endpoint_port("tcp://*:6001") == 6001
+    assert launcher.endpoint_port("ipc:///run/x") is None
+    assert launcher.endpoint_port("tcp://127.0.0.1:99999") is None
