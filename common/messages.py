@@ -353,7 +353,14 @@ BrokerToMaster = Union[Welcome, Heartbeat, Disconnect, SlaveUp, SlaveDown, FromS
 # ---------------------------------------------------------------- stats feed
 
 class SlaveStats(Message, frozen=True):
-    """Whole snapshot published every stats interval on topic b"stats." + name."""
+    """Whole snapshot published every stats interval on topic b"stats." + name.
+
+    Rates are bytes per second over the interval since the previous snapshot. `net_tx_bps` /
+    `net_rx_bps` count only this slave's own data connections (sent to / received from
+    clients, the master's relay connections included), so they add up across slaves sharing
+    a machine. `host_net_*` are the machine's NIC counters, the same for every slave on it
+    (never to be summed): None from a slave that does not report them (older versions, whose
+    net_* were these host counters)."""
 
     name: str
     incarnation: str
@@ -367,6 +374,10 @@ class SlaveStats(Message, frozen=True):
     net_rx_bps: float
     active_up: int
     active_down: int
+    host: str = ""
+    """The slave's machine (its host name): slaves with one host share its host_net_*."""
+    host_net_tx_bps: float | None = None
+    host_net_rx_bps: float | None = None
 
 
 StatsMessage = SlaveStats

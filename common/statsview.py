@@ -9,6 +9,10 @@ intervals, so a slave that stops publishing shows stale within 6 s) and offline 
 than `offline_after`, default 15 s: the broker has declared it dead by then). The first
 stats of an incarnation may come from the broker's last-value cache, so they are
 back-dated by their own age (ts_ms), capped at `offline_after`.
+
+Rates: a slave's rx/tx (net_rx_bps / net_tx_bps) are what its own transfers moved, so the
+totals row sums them. The host NIC counters (host_net_*) are the machine's, the same for
+every slave on it: they are shown once per host, apart (`hosts()`), and never summed.
 """
 
 from __future__ import annotations
@@ -81,15 +85,35 @@ class StatsBoard:
         s = row.stats
         return {
             "name": s.name, "state": self.state(name, now), "incarnation": s.incarnation,
-            "seq": s.seq, "age_s": round(max(0.0, now - row.received_at), 3),
+            "seq": s.seq, "ts_ms": s.ts_ms, "age_s": round(max(0.0, now - row.received_at), 3),
             "disk_free": s.disk_free, "disk_total": s.disk_total,
             "load1": s.load1, "ncpu": s.ncpu, "load_per_cpu": round(s.load1 / max(1, s.ncpu), 3),
             "active_up": s.active_up, "active_down": s.active_down,
             "net_rx_bps": s.net_rx_bps, "net_tx_bps": s.net_tx_bps,
+            "host": s.host, "host_net_rx_bps": s.host_net_rx_bps, "host_net_tx_bps": s.host_net_tx_bps,
         }
 
+    def hosts(self, now: float) -> list[dict[str, Any]]:
+        """The machines' NIC rates, one entry per host of the slaves that are not offline and
+        report them, from the most recent stats among that host's slaves."""
+        latest: dict[str, _Row] = {}
+        names: dict[str, list[str]] = {}
+        for name in sorted(self.rows):
+            row = self.rows[name]
+            s = row.stats
+            if s.host_net_rx_bps is None or s.host_net_tx_bps is None or self.state(name, now) == "offline":
+                continue
+            host = s.host or s.name
+            names.setdefault(host, []).append(name)
+            if host not in latest or row.received_at > latest[host].received_at:
+                latest[host] = row
+        return [{"host": host, "slaves": names[host],
+                 "net_rx_bps": latest[host].stats.host_net_rx_bps,
+                 "net_tx_bps": latest[host].stats.host_net_tx_bps} for host in sorted(latest)]
+
     def totals(self, now: float) -> dict[str, Any]:
-        """Cluster totals over the slaves that are not offline."""
+        """Cluster totals over the slaves that are not offline (their own rates: the host
+        NIC counters are not summed)."""
         live = [self.rows[n].stats for n in self.rows if self.state(n, now) != "offline"]
         return {
             "slaves": len(self.rows),
@@ -100,7 +124,8 @@ class StatsBoard:
         }
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        return {"slaves": [self.slave(n, now) for n in sorted(self.rows)], "totals": self.totals(now)}
+        return {"slaves": [self.slave(n, now) for n in sorted(self.rows)], "totals": self.totals(now),
+                "hosts": self.hosts(now)}
 
 
 # ---------------------------------------------------------------- text renderings
@@ -130,10 +155,26 @@ def usage_bar(free: int, total: int, width: int = BAR_WIDTH) -> Text:
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red"}
 
 
+HOST_NAMES_SHOWN = 3
+"""A host line names this many of its slaves, then counts the rest."""
+
+
+def host_line(host: dict[str, Any]) -> str:
+    """`host box (slave1, slave2): rx 1.2M/s tx 3.4M/s`: one machine's NIC rates."""
+    names = host["slaves"]
+    shown = ", ".join(names[:HOST_NAMES_SHOWN])
+    if len(names) > HOST_NAMES_SHOWN:
+        shown += f", +{len(names) - HOST_NAMES_SHOWN}"
+    return (f"host {host['host']} ({shown}): rx {human_rate(host['net_rx_bps'])} "
+            f"tx {human_rate(host['net_tx_bps'])}")
+
+
 def render_table(board: StatsBoard, now: float, title: str = "ftpcluster stats") -> Table:
-    """The live view: a row per slave and a totals row; fits 80 columns without wrapping."""
+    """The live view: a row per slave (rx/tx: its own transfers) and a totals row, then a
+    caption line per host with the machine's NIC rates (not part of the totals); fits 80
+    columns without wrapping."""
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False,
-                  show_footer=True, box=None, header_style="bold")
+                  show_footer=True, box=None, header_style="bold", caption_justify="left")
     totals = board.totals(now)
     table.add_column("slave", footer="total", no_wrap=True, max_width=14, overflow="ellipsis")
     table.add_column("state", footer=f"{totals['online']}/{totals['slaves']}", no_wrap=True)
@@ -157,11 +198,14 @@ def render_table(board: StatsBoard, now: float, title: str = "ftpcluster stats")
         )
     if not board.rows:
         table.caption = "waiting for stats..."
+    elif hosts := board.hosts(now):
+        table.caption = "\n".join(host_line(h) for h in hosts)
     return table
 
 
 def prometheus_samples(board: StatsBoard, now: float) -> list[tuple[str, str, dict[str, str], float]]:
-    """(metric, help, labels, value) for every figure: per slave and cluster totals."""
+    """(metric, help, labels, value) for every figure: per slave, cluster totals, and per
+    host the machine's NIC rates (label host; not in the totals)."""
     out: list[tuple[str, str, dict[str, str], float]] = []
     per_slave = [
         ("ftpcluster_slave_up", "1 while the slave's stats are fresh, else 0", None),
@@ -172,8 +216,10 @@ def prometheus_samples(board: StatsBoard, now: float) -> list[tuple[str, str, di
         ("ftpcluster_slave_cpus", "CPUs of the slave's host", "ncpu"),
         ("ftpcluster_slave_active_uploads", "Uploads in progress", "active_up"),
         ("ftpcluster_slave_active_downloads", "Downloads in progress", "active_down"),
-        ("ftpcluster_slave_net_rx_bytes_per_second", "Network receive rate", "net_rx_bps"),
-        ("ftpcluster_slave_net_tx_bytes_per_second", "Network transmit rate", "net_tx_bps"),
+        ("ftpcluster_slave_net_rx_bytes_per_second",
+         "Bytes per second the slave's own transfers received", "net_rx_bps"),
+        ("ftpcluster_slave_net_tx_bytes_per_second",
+         "Bytes per second the slave's own transfers sent", "net_tx_bps"),
     ]
     for name in sorted(board.rows):
         figures = board.slave(name, now)
@@ -184,4 +230,9 @@ def prometheus_samples(board: StatsBoard, now: float) -> list[tuple[str, str, di
     for key in ("online", "disk_free", "disk_total", "active_up", "active_down", "net_rx_bps", "net_tx_bps"):
         out.append((f"ftpcluster_cluster_{key}", f"Cluster total of {key} (slaves not offline)", {},
                     float(totals[key])))
+    for host in board.hosts(now):
+        for metric, key, what in (("ftpcluster_host_net_rx_bytes_per_second", "net_rx_bps", "received"),
+                                  ("ftpcluster_host_net_tx_bytes_per_second", "net_tx_bps", "sent")):
+            out.append((metric, f"Bytes per second the host's network interfaces {what} (all traffic)",
+                        {"host": host["host"]}, float(host[key])))
     return out

@@ -88,7 +88,7 @@ class SlaveInfo:
             disk_free, total = stats.disk_free, stats.disk_total
             active = max(stats.active_up + stats.active_down, self.dispatched)
             load_per_cpu = stats.load1 / max(1, stats.ncpu)
-            rx, tx = stats.net_rx_bps, stats.net_tx_bps
+            rx, tx = stats.net_rx_bps, stats.net_tx_bps  # its own transfers, not host_net_*
         else:
             disk_free, active, load_per_cpu = self.disk_free, self.dispatched, 0.0
         return SlaveLoad(name=self.name, disk_free=max(0, disk_free - self.reserved_bytes),

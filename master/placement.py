@@ -14,7 +14,7 @@ Per direction ("upload", "download", "replication"), in this order:
 2. Every remaining slave gets a score (higher is better):
      free_space       * free / largest free among the candidates      (0..1 per weight)
    - active_transfers * (active transfers + transfers started since the last stats / 2)
-   - bandwidth        * bytes/s in use in that direction / 100 MB/s
+   - bandwidth        * bytes/s the slave's own transfers move in that direction / 100 MB/s
    - load             * load average per CPU
    + prefer points of matching path rules, + HOLDER_POINTS for a current holder (uploads
      that overwrite a file stay on the slave that has it).
@@ -62,6 +62,8 @@ class SlaveLoad:
     """Stats are recent (or none arrived yet since the slave joined)."""
     rx_bps: float = 0.0
     tx_bps: float = 0.0
+    """Bytes/s the slave's own transfers receive / send (stats net_rx_bps / net_tx_bps),
+    never its machine's NIC counters (host_net_*, shared by every slave on the machine)."""
     recent_starts: int = 0
     """Transfers the master started on this slave since its last stats."""
 

@@ -30,8 +30,9 @@ def _rate(bps: float) -> str:
 def slave_lines(slaves: Iterable[SlaveInfo], now: float | None = None) -> list[str]:
     """One line per slave: ` <name> <state> free=<bytes> total=<bytes> active=<n>` (scripts
     and the launcher parse these first fields), then up=<n> down=<n> (from the last stats),
-    rx=/tx= (bytes/s), load=<load1/ncpu> and stats=<age>s (or stats=none), then, for a slave
-    with pooled passive ports, pool=<free to lend>/<all> and dirty=<n> (waiting for ClearPort)."""
+    rx=/tx= (bytes/s the slave's own transfers move), load=<load1/ncpu> and stats=<age>s (or
+    stats=none), then, for a slave with pooled passive ports, pool=<free to lend>/<all> and
+    dirty=<n> (waiting for ClearPort)."""
     lines = []
     for info in sorted(slaves, key=lambda s: s.name):
         stats = info.stats

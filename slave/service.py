@@ -219,7 +219,7 @@ class SlaveService:
                 self.send_progress()
         if now >= self.stats_due:
             self.stats_due = now + self.cfg.stats_interval_ms / 1000
-            self.publish_stats()
+            self.publish_stats(now)
         for xfer_id, (when, started) in list(self.held_started.items()):
             if when <= now:
                 del self.held_started[xfer_id]
@@ -253,9 +253,10 @@ class SlaveService:
         for done in list(self.unacked.values()):
             self.send(done)
 
-    def publish_stats(self) -> None:
-        stats = self.stats.sample(self.transfers.active(Kind.RECEIVE),
-                                  self.transfers.active(Kind.SEND))
+    def publish_stats(self, now: float) -> None:
+        sent, received = self.transfers.moved()
+        stats = self.stats.sample(now, self.transfers.active(Kind.RECEIVE),
+                                  self.transfers.active(Kind.SEND), sent, received)
         try:
             self.pub.send_multipart(wire.encode_stats(stats), zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -334,11 +334,25 @@ class TransferManager:
         self.ended: dict[int, threading.Event] = {}
         """Set by the worker once the transfer's descriptors are closed and its result posted."""
         self.pool = WorkerPool(self._work)
+        self._moved_done = {Kind.SEND: 0, Kind.RECEIVE: 0}
+        """Bytes moved by the transfers already taken out of `transfers` (main loop only)."""
 
     # ------------------------------------------------------------ counts
 
     def active(self, kind: Kind) -> int:
         return sum(1 for t in self.transfers.values() if t.kind is kind)
+
+    def moved(self) -> tuple[int, int]:
+        """(sent, received): bytes this slave's data connections moved since it started,
+        the transfers that ended plus the running ones so far. Never decreases. No lock:
+        each worker counts only its own transfer's bytes (Transfer.bytes), read here."""
+        sent, received = self._moved_done[Kind.SEND], self._moved_done[Kind.RECEIVE]
+        for t in self.transfers.values():
+            if t.kind is Kind.SEND:
+                sent += t.bytes
+            else:
+                received += t.bytes
+        return sent, received
 
     def _check_capacity(self, xfer_id: int) -> None:
         if xfer_id in self.transfers:
@@ -477,6 +491,8 @@ class TransferManager:
         """The main loop took this transfer's TransferDone out of the outbox (posted after
         the transfer closed its descriptors: nothing to wait for)."""
         transfer = self.transfers.pop(xfer_id, None)
+        if transfer is not None:
+            self._moved_done[transfer.kind] += transfer.bytes  # its worker is done with it
         if transfer is not None and transfer.pool_port:
             self.pool_busy.pop(transfer.pool_port, None)
             if transfer.unclean:
@@ -549,6 +565,7 @@ class TransferManager:
         except RuntimeError as exc:
             self.pool_busy.pop(port, None)
             del self.transfers[xfer_id], self.ended[xfer_id]
+            self._moved_done[kind] += transfer.bytes  # an inline send may have begun
             transfer.close_all()
             if temp is not None:
                 temp.unlink(missing_ok=True)

@@ -57,6 +57,9 @@ SAMPLES: list[m.Message] = [
     m.Undeliverable(slave="s1", req_id=25, reason="offline"),
     m.SlaveStats(name="s1", incarnation="u-1", seq=1, ts_ms=2, disk_free=3, disk_total=4,
                  load1=0.5, ncpu=2, net_tx_bps=1.5, net_rx_bps=2.5, active_up=1, active_down=0),
+    m.SlaveStats(name="s1", incarnation="u-1", seq=2, ts_ms=2, disk_free=3, disk_total=4,
+                 load1=0.5, ncpu=2, net_tx_bps=1.5, net_rx_bps=2.5, active_up=1, active_down=0,
+                 host="box", host_net_tx_bps=7.5, host_net_rx_bps=8.0),
 ]
 
 DIRECTIONS = {
@@ -179,3 +182,33 @@ def test_a_start_without_the_ascii_field_means_type_i():
         fields = {"t": cls.__name__, "req_id": 1, "xfer_id": 2, "path": "/f"}
         decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=m.BrokerToSlave)
         assert isinstance(decoded, cls) and decoded.ascii is False
+
+
+class _SlaveStatsBeforeHostRates(m.Message, frozen=True, tag="SlaveStats"):
+    """SlaveStats as it was before host_net_* (its net_* were the host's NIC counters)."""
+
+    name: str
+    incarnation: str
+    seq: int
+    ts_ms: int
+    disk_free: int
+    disk_total: int
+    load1: float
+    ncpu: int
+    net_tx_bps: float
+    net_rx_bps: float
+    active_up: int
+    active_down: int
+
+
+def test_slave_stats_host_rates_are_compatible_both_ways():
+    new = m.SlaveStats(name="s1", incarnation="u", seq=3, ts_ms=4, disk_free=5, disk_total=6, load1=0.0,
+                       ncpu=1, net_tx_bps=10.0, net_rx_bps=20.0, active_up=0, active_down=1,
+                       host="box", host_net_tx_bps=30.0, host_net_rx_bps=40.0)
+    old_view = msgspec.msgpack.Decoder(_SlaveStatsBeforeHostRates).decode(wire.encode_stats(new)[2])
+    assert (old_view.net_tx_bps, old_view.net_rx_bps) == (10.0, 20.0)  # an old consumer reads own rates
+    old = _SlaveStatsBeforeHostRates(name="s1", incarnation="u", seq=3, ts_ms=4, disk_free=5, disk_total=6,
+                                     load1=0.0, ncpu=1, net_tx_bps=10.0, net_rx_bps=20.0, active_up=0,
+                                     active_down=1)
+    decoded = wire.decode_stats([wire.stats_topic("s1"), *wire.encode(old)])
+    assert decoded.host == "" and decoded.host_net_tx_bps is None and decoded.host_net_rx_bps is None

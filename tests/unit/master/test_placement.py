@@ -254,3 +254,39 @@ def test_nearly_equal_free_space_is_a_tie() -> None:
     p = Placement()
     slaves = [load("a", free=50 * GB), load("b", free=50 * GB - 4096), load("c", free=50 * GB + 99 * MB)]
     assert [p.choose("upload", "/f", slaves).chosen for _ in range(6)] == ["a", "b", "c"] * 2
+
+
+# ------------------------------------------------------------------ bandwidth: the slave's own figures
+
+def rated(name: str, tx: float, rx: float, host_tx: float, host_rx: float) -> SlaveStats:
+    return SlaveStats(name=name, incarnation="i", seq=1, ts_ms=0, disk_free=50 * GB, disk_total=100 * GB,
+                      load1=0.0, ncpu=4, net_tx_bps=tx, net_rx_bps=rx, active_up=0, active_down=0,
+                      host="box", host_net_tx_bps=host_tx, host_net_rx_bps=host_rx)
+
+
+# Two slaves on one machine: the host NIC counters are the same for both (and large), the
+# slaves' own rates tell them apart. (direction, {name: (own tx, own rx)}, host rates, chosen)
+@pytest.mark.parametrize("direction, own, host, chosen", [
+    ("download", {"a": (300e6, 0.0), "b": (0.0, 0.0)}, (400e6, 400e6), "b"),
+    ("download", {"a": (0.0, 0.0), "b": (300e6, 0.0)}, (400e6, 400e6), "a"),
+    ("download", {"a": (0.0, 300e6), "b": (100e6, 0.0)}, (400e6, 400e6), "a"),  # a's uploads do not count
+    ("upload", {"a": (0.0, 300e6), "b": (0.0, 0.0)}, (400e6, 400e6), "b"),
+    ("upload", {"a": (300e6, 0.0), "b": (0.0, 100e6)}, (400e6, 400e6), "a"),  # a's downloads do not count
+])
+def test_bandwidth_term_uses_the_slaves_own_rates_not_the_hosts(
+        direction: str, own: dict[str, tuple[float, float]], host: tuple[float, float], chosen: str) -> None:
+    reg = SlaveRegistry()
+    for name, (tx, rx) in own.items():
+        reg.on_up(SlaveUp(name=name, incarnation="i", data_host="127.0.0.1", max_transfers=10,
+                          disk_total=100 * GB, disk_free=50 * GB), now=0.0)
+        reg.mark_online(name)
+        reg.on_stats(rated(name, tx, rx, *host), now=0.0)
+    loads = reg.loads(0.5)
+    assert {s.name: (s.tx_bps, s.rx_bps) for s in loads} == own
+    selection = Placement().evaluate(direction, "/f", loads)  # type: ignore[arg-type]
+    assert selection.chosen == chosen
+    tx, rx = own[chosen]
+    other = next(n for n in own if n != chosen)
+    gap = selection.scores()[chosen] - selection.scores()[other]
+    assert gap == pytest.approx(
+        ((own[other][1] - rx) if direction == "upload" else (own[other][0] - tx)) / 100e6)

@@ -1,4 +1,5 @@
-"""The slave's pooled transfer workers and the upload CRC helper thread."""
+"""The slave's pooled transfer workers, the upload CRC helper thread, and the byte totals
+the transfers moved (stats)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from slave.transfers import WorkerPool, _CrcHelper
+from common.config import SlaveSection
+from slave.storage import Storage
+from slave.transfers import Kind, Transfer, TransferManager, WorkerPool, _CrcHelper
 
 
 def _wait(pred, timeout: float = 5.0) -> None:
@@ -152,3 +155,29 @@ def test_inline_send_only_from_the_page_cache(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         outbox.close()
+
+
+def _transfer(xfer_id: int, kind: Kind) -> Transfer:
+    return Transfer(xfer_id, kind, -1, 0, Path("/nonexistent"), None, None, ("127.0.0.1", 9))
+
+
+def test_moved_sums_running_and_finished_transfers_per_direction(tmp_path: Path) -> None:
+    manager = TransferManager(Storage(str(tmp_path)), SlaveSection(name="s1", root=str(tmp_path)),
+                              outbox=None)  # type: ignore[arg-type]
+    assert manager.moved() == (0, 0)
+    down, up = _transfer(1, Kind.SEND), _transfer(2, Kind.RECEIVE)
+    manager.transfers.update({1: down, 2: up})
+    down.bytes, up.bytes = 300, 50  # the workers' progress counters
+    assert manager.moved() == (300, 50)
+    down.bytes = 1000
+    manager.finished(1)  # its bytes stay counted once it is gone
+    assert manager.moved() == (1000, 50)
+    again = _transfer(3, Kind.SEND)
+    manager.transfers[3] = again
+    again.bytes = 7
+    up.bytes = 80
+    assert manager.moved() == (1007, 80)
+    manager.finished(2)
+    manager.finished(3)
+    manager.finished(3)  # a repeated outcome adds nothing
+    assert manager.moved() == (1007, 80)
