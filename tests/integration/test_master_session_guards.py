@@ -1,5 +1,5 @@
-"""Master fixes from the review: logins off the loop, pipelining cap, PRET and path rules
-(real master process against the fake broker of test_master_commands)."""
+"""Guards of the master's sessions: logins off the loop, the pipelining cap, PRET and path rules
+(real master process against the fake broker of test_master_process)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from common import messages as m
-from tests.component.test_master_commands import (FakeBroker, Master, broker, master,  # noqa: F401
+from tests.integration.test_master_process import (FakeBroker, Master, broker, master,  # noqa: F401
                                                   started, wait_online)
 
 pytestmark = pytest.mark.integration
