@@ -15,7 +15,6 @@ import logging
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pyftpdlib.exceptions import AuthenticationFailed
@@ -25,16 +24,13 @@ from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
 from pyftpdlib.utils import strerror
 
 from common import messages as m
-from common.config import MasterConfig, MasterSection
+from common.config import MasterConfig
 from master import mlsx, passive, replies, site, transfers
-from master.cluster import SlaveRegistry, SlaveState
+from master.cluster import Cluster
 from master.fs import SlaveCommands, VirtualFilesystem
-from master.link import BrokerLink
-from master.placement import Placement
-from master.relay import RelayCounter, Waker
+from master.route import NO_ROUTE, DataRoute, RelayWaiting
 from master.transfers import RemoteTransfer, Transfer
 from master.users import ClusterAuthorizer
-from master.vfs import VirtualFS
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +38,6 @@ log = logging.getLogger(__name__)
 _UNQUEUED = frozenset({"ABOR", "QUIT", "STAT"})
 MAX_QUEUED_COMMANDS = 64
 """Pipelined commands waiting behind an owed reply; one more and the session is closed (421)."""
-
-
-@dataclass
-class Cluster:
-    """What every session shares: config, metadata, slaves, the broker link, counters."""
-
-    config: MasterSection
-    vfs: VirtualFS
-    registry: SlaveRegistry
-    link: BrokerLink
-    ioloop: Any
-    waker: Waker
-    relayed: RelayCounter = field(default_factory=RelayCounter)
-    sessions: set[Any] = field(default_factory=set)
-    clock: Callable[[], float] = time.monotonic
-    data_timeout: int = 300
-    placement: Placement = field(default_factory=Placement)
-
-    def online_slaves(self) -> list[str]:
-        return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)
 
 
 def _proto_cmds() -> dict[str, dict[str, Any]]:
@@ -106,7 +82,7 @@ class ClusterFTPHandler(FTPHandler):
     def __init__(self, conn: socket.socket, server: Any, ioloop: Any = None) -> None:
         # Set before FTPHandler.__init__, which may call close() on a dead connection.
         self.pret: tuple[str, str] | None = None
-        self.route: passive.DataRoute = passive.NO_ROUTE
+        self.route: DataRoute = NO_ROUTE
         """Where the next data connection comes from (master.passive owns its changes)."""
         self.pending_checksum: object | None = None
         self._deferred = False
@@ -131,7 +107,7 @@ class ClusterFTPHandler(FTPHandler):
             self._queued.clear()
             if self._replay_call is not None and not self._replay_call.cancelled:
                 self._replay_call.cancel()
-            passive.set_route(self, passive.NO_ROUTE)
+            passive.set_route(self, NO_ROUTE)
         super().close()
 
     def flush_account(self) -> None:
@@ -228,8 +204,8 @@ class ClusterFTPHandler(FTPHandler):
             self._idler.cancel()
 
     def detach_transfer(self) -> None:
-        if isinstance(self.route, passive.RelayWaiting):
-            self.route = passive.NO_ROUTE  # the relay waiting for the client's connection is over
+        if isinstance(self.route, RelayWaiting):
+            self.route = NO_ROUTE  # the relay waiting for the client's connection is over
         if isinstance(self.data_channel, RemoteTransfer):
             if self._closed:
                 self.data_channel = None

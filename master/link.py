@@ -26,9 +26,10 @@ import zmq
 from common import messages as m, wire, zmqsock
 from common.config import MasterSection
 from common.repeating import broker_unreachable
-from master.cluster import LentPort, SlaveRegistry, SlaveState
+from master.addresses import numeric_address
+from master.loop import ZmqReader
 from master.opqueue import QueuedOp
-from master.relay import numeric_address
+from master.slaves import LentPort, SlaveRegistry, SlaveState
 from master.syncer import SlaveSync
 from master.vfs import VirtualFS
 
@@ -72,42 +73,6 @@ class _Pending:
     callback: Callback
 
 
-class _ZmqReader:
-    """Registers a zmq socket's FD in pyftpdlib's IOLoop (the interface asyncore.read needs)."""
-
-    def __init__(self, ioloop: Any, sock: zmq.SyncSocket, on_readable: Callable[[], None]) -> None:
-        self.ioloop = ioloop
-        self.sock = sock
-        self._on_readable = on_readable
-        self._fileno = sock.getsockopt(zmq.FD)
-        self._closed = False
-        ioloop.register(self._fileno, self, ioloop.READ)
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def handle_read_event(self) -> None:
-        self._on_readable()
-
-    def handle_write_event(self) -> None:  # pragma: no cover - never registered for write
-        pass
-
-    def handle_close(self) -> None:
-        log.warning("zmq fd %s reported an error condition", self._fileno)
-
-    def handle_error(self) -> None:
-        log.exception("error while handling a zmq socket")
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.ioloop.unregister(self._fileno)
-            self.sock.close(linger=0)
-
-
 @dataclass
 class LinkCounters:
     requests: int = 0
@@ -134,8 +99,8 @@ class BrokerLink:
         self.liveness = 5
         self._ctx = ctx or zmqsock.new_context()
         self._own_ctx = ctx is None
-        self._dealer: _ZmqReader | None = None
-        self._sub: _ZmqReader | None = None
+        self._dealer: ZmqReader | None = None
+        self._sub: ZmqReader | None = None
         self._next_id = time.time_ns() >> 10
         """req_id/xfer_id/scan ids go on from the wall clock in ~1 us steps: a restarted
         master never reuses an id a slave still keeps state under (scans, unacked
@@ -162,9 +127,9 @@ class BrokerLink:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint)
-        self._dealer = _ZmqReader(self.ioloop, dealer, self._drain_dealer)
+        self._dealer = ZmqReader(self.ioloop, dealer, self._drain_dealer)
         sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX)
-        self._sub = _ZmqReader(self.ioloop, sub, self._drain_sub)
+        self._sub = ZmqReader(self.ioloop, sub, self._drain_sub)
         self._sweeper = self.ioloop.call_every(SWEEP_S, self._tick, _errback=self._tick_error)
         self._send_hello()
         self._schedule_drain()

@@ -13,93 +13,36 @@ from __future__ import annotations
 import functools
 import logging
 import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 
 from common import messages as m
-from master.cluster import LentPort
+from master import choice
+from master.addresses import client_ip
+from master.route import (
+    NO_ROUTE,
+    AwaitingSlave,
+    ClientAddress,
+    DataRoute,
+    MasterAccepted,
+    NoRoute,
+    OnSlave,
+    RelayWaiting,
+    Route,
+    SlaveListener,
+)
+from master.slaves import LentPort
 
 if TYPE_CHECKING:
-    from master.handler import Cluster, ClusterFTPHandler
+    from master.cluster import Cluster
     from master.relay import Relay
+    from master.session import Session
 
 log = logging.getLogger(__name__)
 
 TRANSFER_CMDS = frozenset({"RETR", "STOR", "APPE", "STOU"})
 LISTING_CMDS = frozenset({"LIST", "NLST", "MLSD"})
-
-
-@dataclass(slots=True)
-class SlaveListener:
-    """A listener on a slave for this session's next transfer (PRET, then PASV/EPSV)."""
-
-    slave: str
-    xfer_id: int
-    extmode: bool
-    port: int = 0
-    lent: LentPort | None = None
-    """A pooled listener lent by the registry: no Listen was sent, the 227 went out at once."""
-
-
-# The session's data route: where its next data connection comes from. One field of the
-# session (`route`) holds exactly one of these; the master's own PASV listener, while no
-# connection has come, is pyftpdlib's `_dtp_acceptor` (pyftpdlib owns that object).
-
-@dataclass(frozen=True, slots=True)
-class NoRoute:
-    """No PORT/EPRT stored, no listener of ours lent or waited for."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientAddress:
-    """PORT/EPRT: the slave (or, for a listing, the master) connects to the client here."""
-    addr: tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitingSlave:
-    """PASV/EPSV after PRET: Listen sent to the slave, the 227/229 is owed."""
-    listener: SlaveListener
-
-
-@dataclass(frozen=True, slots=True)
-class OnSlave:
-    """PASV/EPSV after PRET answered with the slave's address: the client connects there."""
-    listener: SlaveListener
-
-
-@dataclass(frozen=True, slots=True)
-class MasterAccepted:
-    """The client connected to the master's own PASV listener before saying what for."""
-    sock: socket.socket
-
-
-@dataclass(frozen=True, slots=True)
-class RelayWaiting:
-    """A relayed transfer waits for the client's connection to the master's listener."""
-    relay: Relay
-
-
-DataRoute = Union[NoRoute, ClientAddress, AwaitingSlave, OnSlave, MasterAccepted, RelayWaiting]
-NO_ROUTE = NoRoute()
-
-
-@dataclass(slots=True)
-class Route:
-    """A data route taken by RETR/STOR/APPE/STOU (take_route)."""
-
-    kind: Literal["port", "slave", "relay"]
-    addr: tuple[str, int] | None = None
-    """PORT/EPRT: the client's address, for the slave to connect to."""
-    slave: str | None = None
-    """PRET+PASV: the slave listening for the client."""
-    xfer_id: int | None = None
-    lent: LentPort | None = None
-    """PRET+PASV on a pooled listener of the slave (else one opened by Listen)."""
-    sock: socket.socket | None = None
-    """Relay: the client's connection, if it came before the command."""
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -198,7 +141,7 @@ class ParkingPassiveDTP(PassiveDTP):
         super().handle_timeout()
 
 
-def _attach_data_socket(h: ClusterFTPHandler, sock: socket.socket) -> None:
+def _attach_data_socket(h: Session, sock: socket.socket) -> None:
     handler = h.dtp_handler(sock, h)
     if handler.connected:
         h.data_channel = handler
@@ -207,7 +150,7 @@ def _attach_data_socket(h: ClusterFTPHandler, sock: socket.socket) -> None:
 
 # ---------------------------------------------------------------- commands
 
-def pret(h: ClusterFTPHandler, arg: str) -> None:
+def pret(h: Session, arg: str) -> None:
     parsed = parse_pret(arg)
     if isinstance(parsed, str):
         h.respond(parsed)
@@ -216,7 +159,7 @@ def pret(h: ClusterFTPHandler, arg: str) -> None:
     h.respond(f"200 OK, next: PASV or EPSV for {parsed[0]}.")
 
 
-def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
+def make_epasv(h: Session, extmode: bool, stock: Any) -> None:
     """PASV/EPSV: on the slave chosen for a PRET'd transfer, else on the master (`stock`)."""
     clear_route(h)
     pret_cmd = h.pret
@@ -224,14 +167,13 @@ def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
     if pret_cmd is None or pret_cmd[0] not in TRANSFER_CMDS:
         stock(extmode)
         return
-    from master.transfers import plan
-
     kind, arg = pret_cmd
     path = h.fs.ftp2fs(arg) if arg else h.fs.cwd
     if arg and not h.fs.validpath(path):
         h.respond("501 Invalid path.")
         return
-    slave, why = plan(h, kind, path, h._restart_position, h.fs.lookup(path))
+    slave, why = choice.plan(h.cluster, kind, path, h._restart_position, h.fs.lookup(path),
+                             h.allo_size)
     if slave is None:
         h.respond(why)
         return
@@ -257,16 +199,11 @@ def make_epasv(h: ClusterFTPHandler, extmode: bool, stock: Any) -> None:
     listener = SlaveListener(slave, h.cluster.link.new_xfer_id(), extmode)
     set_route(h, AwaitingSlave(listener))
     h.begin_deferred()
-    cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=client_ip(h))
+    cmd = m.Listen(req_id=0, xfer_id=listener.xfer_id, allowed_ip=client_ip(str(h.remote_ip)))
     h.cluster.link.request(slave, cmd, functools.partial(_on_listening, h, listener))
 
 
-def client_ip(h: ClusterFTPHandler) -> str:
-    ip = str(h.remote_ip)
-    return ip[7:] if ip.startswith("::ffff:") else ip
-
-
-def _on_listening(h: ClusterFTPHandler, listener: SlaveListener, reply: Any) -> None:
+def _on_listening(h: Session, listener: SlaveListener, reply: Any) -> None:
     route = h.route
     if h._closed or not (isinstance(route, AwaitingSlave) and route.listener is listener):
         if isinstance(reply, m.Listening):
@@ -285,7 +222,7 @@ def _on_listening(h: ClusterFTPHandler, listener: SlaveListener, reply: Any) -> 
     h.end_deferred()
 
 
-def cancel_pending_listen(h: ClusterFTPHandler) -> None:
+def cancel_pending_listen(h: Session) -> None:
     """ABOR while a PASV waits for its slave: PASV still gets its (negative) reply."""
     route = h.route
     if not isinstance(route, AwaitingSlave):
@@ -296,7 +233,7 @@ def cancel_pending_listen(h: ClusterFTPHandler) -> None:
     h.end_deferred()
 
 
-def make_eport(h: ClusterFTPHandler, ip: str, port: int) -> None:
+def make_eport(h: Session, ip: str, port: int) -> None:
     """PORT/EPRT: keep pyftpdlib's checks, but only store the address (RETR/STOR give it to
     the slave; a listing connects lazily)."""
     refusal = foreign_port_refusal(str(h.remote_ip), ip, port, h.permit_foreign_addresses,
@@ -309,7 +246,7 @@ def make_eport(h: ClusterFTPHandler, ip: str, port: int) -> None:
     h.respond("200 PORT command successful.")
 
 
-def set_route(h: ClusterFTPHandler, route: DataRoute) -> None:
+def set_route(h: Session, route: DataRoute) -> None:
     """Replace the session's data route, letting go of what the old one held."""
     old, h.route = h.route, route
     if old is route:
@@ -330,7 +267,7 @@ def set_route(h: ClusterFTPHandler, route: DataRoute) -> None:
             assert_never(old)
 
 
-def drop_stored_route(h: ClusterFTPHandler) -> bool:
+def drop_stored_route(h: Session) -> bool:
     """Forget a stored PORT address, slave listener or parked connection (ABOR); True if any.
     A PASV still waiting for its slave keeps waiting (cancel_pending_listen ends it)."""
     if isinstance(h.route, (ClientAddress, OnSlave, MasterAccepted)):
@@ -351,7 +288,7 @@ def give_back_port(cluster: Cluster, lent: LentPort, clear: bool) -> None:
     cluster.link.clear_pool_ports(lent.slave)
 
 
-def clear_route(h: ClusterFTPHandler) -> None:
+def clear_route(h: Session) -> None:
     """Forget every pending data route (a new PORT/PASV replaces the previous one)."""
     h._shutdown_connecting_dtp()
     if h.data_channel is not None:
@@ -362,7 +299,7 @@ def clear_route(h: ClusterFTPHandler) -> None:
     drop_stored_route(h)
 
 
-def take_route(h: ClusterFTPHandler) -> Route | str:
+def take_route(h: Session) -> Route | str:
     """Consume the session's data route for RETR/STOR/APPE/STOU, or the reply if none."""
     route = h.route
     match route:
@@ -382,7 +319,7 @@ def take_route(h: ClusterFTPHandler) -> Route | str:
     return "425 Use PORT/EPRT or PASV/EPSV first."
 
 
-def attach_relay(h: ClusterFTPHandler, route: Route, relay: Relay) -> None:
+def attach_relay(h: Session, route: Route, relay: Relay) -> None:
     """Give a relayed transfer the client's connection, now or once it comes."""
     if route.sock is not None:
         sock, route.sock = route.sock, None
@@ -391,7 +328,7 @@ def attach_relay(h: ClusterFTPHandler, route: Route, relay: Relay) -> None:
         set_route(h, RelayWaiting(relay))
 
 
-def release_route(h: ClusterFTPHandler, route: Route) -> None:
+def release_route(h: Session, route: Route) -> None:
     """A route taken but not used (the command failed): let its listener or socket go."""
     if route.kind == "slave" and route.lent is not None:
         give_back_port(h.cluster, route.lent, clear=True)
@@ -411,7 +348,7 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
-def listing(h: ClusterFTPHandler, stock: Any, path: str) -> Any:
+def listing(h: Session, stock: Any, path: str) -> Any:
     """LIST/NLST/MLSD over the master's own data connection."""
     if isinstance(h.route, OnSlave):
         clear_route(h)

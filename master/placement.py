@@ -1,7 +1,7 @@
 """Which slave serves a transfer: a filter chain and a weighted score per direction.
 
 Pure: no sockets, no clock reads. The caller passes a snapshot of every slave (`SlaveLoad`,
-built by master.cluster from the last stats plus what the master dispatched since) and
+built by master.slaves from the last stats plus what the master dispatched since) and
 the policy from the master's `[placement]` config. The only state is the round-robin
 memory (which slave was chosen last, per direction) that breaks ties.
 
@@ -46,7 +46,7 @@ TIE_EPSILON = 0.01
 
 @dataclass(frozen=True, slots=True)
 class SlaveLoad:
-    """One slave's figures at decision time (see master.cluster for how they are built)."""
+    """One slave's figures at decision time (see master.slaves for how they are built)."""
 
     name: str
     disk_free: int
@@ -57,7 +57,7 @@ class SlaveLoad:
     load_per_cpu: float = 0.0
     disk_total: int = 0
     state: str = "online"
-    """online, merging or offline (master.cluster.SlaveState values)."""
+    """online, merging or offline (master.slaves.SlaveState values)."""
     fresh: bool = True
     """Stats are recent (or none arrived yet since the slave joined)."""
     rx_bps: float = 0.0

@@ -1,96 +1,26 @@
 """Relayed transfers: PASV/EPSV without PRET, where the client's data connection ends at
 the master and the master copies the bytes to or from the slave.
 
-Owns one worker thread per relayed transfer (blocking sockets, large buffers) and the
-Waker that brings completions back to the IOLoop: pyftpdlib's scheduler is not thread-safe
-and its loop has no wake-up of its own, so threads never touch the loop directly.
-The FTP replies stay with master.transfers.
+Owns one worker thread per relayed transfer (blocking sockets, large buffers); completions
+come back to the IOLoop through the Waker (master.loop). The FTP replies stay with
+master.transfers.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Callable
 
-if TYPE_CHECKING:
-    from master.handler import ClusterFTPHandler
+from master.addresses import local_address_toward
+from master.loop import Waker
 
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-
-
-class Waker:
-    """A self-pipe registered in the IOLoop: `post(fn, *args)` from any thread (or a signal
-    handler) runs fn(*args) in the loop thread soon after."""
-
-    def __init__(self, ioloop: Any) -> None:
-        self.ioloop = ioloop
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self._fileno = self._r
-        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
-        self._closed = False
-        ioloop.register(self._r, self, ioloop.READ)
-
-    @property
-    def write_fd(self) -> int:
-        return self._w
-
-    def post(self, fn: Callable[..., None], *args: Any) -> None:
-        self._queue.put((fn, args))
-        try:
-            os.write(self._w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full or closed: a wake-up is already pending
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def handle_read_event(self) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        self.run_pending()
-
-    def run_pending(self) -> None:
-        while True:
-            try:
-                fn, args = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("error in a callback posted to the loop")
-
-    def handle_write_event(self) -> None:  # pragma: no cover - never registered for write
-        pass
-
-    def handle_close(self) -> None:
-        pass
-
-    def handle_error(self) -> None:
-        log.exception("error in the loop waker")
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.ioloop.unregister(self._r)
-            os.close(self._r)
-            os.close(self._w)
 
 
 class RelayCounter:
@@ -112,33 +42,6 @@ class RelayCounter:
     def total(self) -> int:
         with self._lock:
             return self._total
-
-
-def numeric_address(host: str) -> str | None:
-    """`host` as a canonical IP literal, or None if it is not one (never a DNS query).
-    Slaves must announce an IP address as data_host (common.config checks it)."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP,
-                                   flags=socket.AI_NUMERICHOST)
-    except (OSError, UnicodeError):
-        return None
-    return str(infos[0][4][0]) if infos else None
-
-
-def local_address_toward(host: str) -> str:
-    """The master's source address for connections to IP `host`: a UDP connect, which sends
-    no packet and, on a numeric address, does no DNS lookup (a name gives "127.0.0.1")."""
-    ip = numeric_address(host)
-    if ip is None:
-        return "127.0.0.1"
-    probe = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((ip, 9))
-        return str(probe.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()
 
 
 class Relay:
@@ -164,11 +67,10 @@ class Relay:
         self._holds_slot = False
 
     @classmethod
-    def for_session(cls, h: ClusterFTPHandler, slave: str, upload: bool) -> Relay:
-        info = h.cluster.registry.slaves.get(slave)
-        source_ip = local_address_toward(info.data_host if info is not None else "127.0.0.1")
-        relay = cls(h.cluster.waker, h.cluster.relayed, upload, source_ip,
-                    float(h.cluster.data_timeout))
+    def toward(cls, slave_host: str, waker: Waker, counter: RelayCounter, upload: bool,
+               data_timeout: float) -> Relay:
+        """A relay to a slave at `slave_host`, holding one of the max_relays slots."""
+        relay = cls(waker, counter, upload, local_address_toward(slave_host), data_timeout)
         relay._holds_slot = True
         relay.counter.open += 1
         return relay

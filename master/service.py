@@ -26,11 +26,13 @@ from pyftpdlib.servers import FTPServer
 from common import log as common_log, sdnotify
 from common.config import ConfigError, MasterConfig, UserEntry, load
 from common.repeating import RepeatingWarning
-from master.cluster import SlaveRegistry
-from master.handler import Cluster, build_handler
+from master.cluster import Cluster
+from master.handler import build_handler
 from master.link import BrokerLink
+from master.loop import Waker
 from master.placement import Placement
-from master.relay import RelayCounter, Waker
+from master.relay import RelayCounter
+from master.slaves import SlaveRegistry
 from master.users import ClusterAuthorizer, verify_password
 from master.vfs import VirtualFS
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from common import messages as m
-from master import replies
-from master.cluster import SlaveInfo, SlaveState
+from master import choice, replies
 from master.placement import Selection
+from master.slaves import SlaveInfo, SlaveState
 
 if TYPE_CHECKING:
-    from master.handler import ClusterFTPHandler
+    from master.session import Session
 
 
 def _rate(bps: float) -> str:
@@ -132,7 +132,7 @@ def crc_reply(crc32: int) -> str:
 
 # ---------------------------------------------------------------- commands
 
-def site_slaves(h: ClusterFTPHandler) -> None:
+def site_slaves(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
@@ -141,7 +141,7 @@ def site_slaves(h: ClusterFTPHandler) -> None:
     h.respond(f"200 {len(lines)} slaves")
 
 
-def site_remerge(h: ClusterFTPHandler, arg: str) -> None:
+def site_remerge(h: Session, arg: str) -> None:
     """SITE REMERGE <slave>: replay its queued operations, then a full inventory merge (every
     directory listed, whatever the recorded digests). Answers at once; the merge runs on."""
     if not h.authorizer.is_admin(h.username):
@@ -157,7 +157,7 @@ def site_remerge(h: ClusterFTPHandler, arg: str) -> None:
     h.respond(f"200 Full merge of {name} started.")
 
 
-def site_status(h: ClusterFTPHandler) -> None:
+def site_status(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
@@ -167,7 +167,7 @@ def site_status(h: ClusterFTPHandler) -> None:
     h.respond("200 End of status.")
 
 
-def site_slaveselect(h: ClusterFTPHandler, arg: str) -> None:
+def site_slaveselect(h: Session, arg: str) -> None:
     """SITE SLAVESELECT up|down PATH: what placement would decide now, and why (no side effect)."""
     if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
@@ -198,7 +198,7 @@ def site_slaveselect(h: ClusterFTPHandler, arg: str) -> None:
     h.respond(f"200 {len(selection.scores())} eligible, {len(selection.excluded())} excluded.")
 
 
-def site_who(h: ClusterFTPHandler) -> None:
+def site_who(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
         h.respond("550 Not enough privileges.")
         return
@@ -222,7 +222,7 @@ def session_view(session: Any) -> SessionView:
                        elapsed_s=now - transfer.created)
 
 
-def xcrc(h: ClusterFTPHandler, arg: str) -> None:
+def xcrc(h: Session, arg: str) -> None:
     if refusal := replies.type_a_refusal("XCRC", h.current_type()):
         h.respond(refusal)
         return
@@ -250,9 +250,7 @@ def xcrc(h: ClusterFTPHandler, arg: str) -> None:
     if whole and entry.crc32 is not None:
         h.respond(crc_reply(entry.crc32))
         return
-    from master.transfers import pick_download
-
-    slave, why = pick_download(h.cluster, entry, h.cluster.clock())
+    slave, why = choice.pick_download(h.cluster, entry, h.cluster.clock())
     if slave is None:
         h.respond(why)
         return

@@ -21,17 +21,27 @@ import enum
 import functools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import msgspec
 
 from common import messages as m
-from master.cluster import SlaveRegistry, SlaveState
 from master.opqueue import REPLAY_BATCH, QueuedOp
+from master.slaves import SlaveRegistry, SlaveState
 
 if TYPE_CHECKING:
-    from master.link import BrokerLink
     from master.vfs import VirtualFS
+
+
+class SlaveRequests(Protocol):
+    """What the syncer needs of the broker link (master.link.BrokerLink provides it)."""
+
+    ioloop: Any
+
+    def new_xfer_id(self) -> int: ...
+
+    def request(self, slave: str, cmd: m.SlaveCommand, callback: Callable[[Any], None],
+                timeout: float | None = None) -> int: ...
 
 log = logging.getLogger("master.merge")
 
@@ -77,7 +87,7 @@ class MergeJob:
 class SlaveSync:
     """Queued-operation delivery and inventory merges for every slave of one master."""
 
-    def __init__(self, link: BrokerLink, vfs: VirtualFS, registry: SlaveRegistry) -> None:
+    def __init__(self, link: SlaveRequests, vfs: VirtualFS, registry: SlaveRegistry) -> None:
         self.link = link
         self.vfs = vfs
         self.registry = registry

@@ -19,60 +19,24 @@ import time
 from typing import TYPE_CHECKING, Any, assert_never
 
 from common import messages as m
-from master import passive, replies, transfer_state as ts
-from master.cluster import LentPort
+from master import choice, passive, replies, transfer_state as ts
+from master.addresses import client_ip
 from master.fs import reserved_name
 from master.link import RequestFailed
-from master.placement import Selection
+from master.slaves import LentPort
 from master.transfer_state import UPLOADS
 from master.vfs import Entry
 
 if TYPE_CHECKING:
-    from master.handler import Cluster, ClusterFTPHandler
+    from master.cluster import Cluster
     from master.relay import Relay
+    from master.session import Session
 
 log = logging.getLogger(__name__)
 
 
 
 # ---------------------------------------------------------------- pure decisions
-
-def _refusal(selection: Selection, busy: str, unavailable: str) -> str:
-    """The reply when no slave qualifies: `unavailable` if none was even online."""
-    if any(reason not in ("offline", "merging") for reason in selection.excluded().values()):
-        return busy
-    return unavailable
-
-
-def pick_download(cluster: Cluster, entry: Entry, now: float) -> tuple[str | None, str]:
-    """Slave to serve `entry`, or None and the reply explaining why."""
-    holders = cluster.registry.loads(now, entry.slaves)
-    selection = cluster.placement.choose("download", entry.path, holders)
-    if selection.chosen is None:
-        # RFC 959 450: requested file action not taken, file unavailable (busy).
-        return None, _refusal(selection, "450 file unavailable: its slaves are too busy, try again later.",
-                              "450 file unavailable: its slave is offline.")
-    return selection.chosen, ""
-
-
-def pick_upload(cluster: Cluster, path: str, entry: Entry | None, must_hold: bool,
-                now: float, size_hint: int = 0) -> tuple[str | None, str]:
-    """Slave to receive an upload to `path`. `must_hold`: REST+STOR or APPE onto an existing
-    file, which only a current holder can continue. `size_hint`: bytes announced by ALLO."""
-    holders = entry.slaves if entry is not None else frozenset()
-    candidates = cluster.registry.loads(now, holders if must_hold else None)
-    selection = cluster.placement.choose("upload", path, candidates, size_hint=size_hint,
-                                         prefer=frozenset(holders))
-    if selection.chosen is None:
-        # RFC 959 452: insufficient storage space (or no free transfer slot).
-        if must_hold:
-            unavailable = "450 file unavailable: its slave is offline."
-        else:
-            unavailable = "450 no storage slave is online, try again later."
-        return None, _refusal(selection, "452 no storage slave has room for this upload right now.",
-                              unavailable)
-    return selection.chosen, ""
-
 
 def check_upload_target(entry: Entry | None, parent: Entry | None, path: str) -> str:
     """Reply refusing an upload to `path`, or "" if it may go ahead."""
@@ -153,10 +117,10 @@ class Transfer:
     allowed_ip = ""
     """With `lent`: the only address the slave accepts the data connection from."""
 
-    def __init__(self, session: ClusterFTPHandler, kind: str, path: str, slave: str,
+    def __init__(self, session: Session, kind: str, path: str, slave: str,
                  xfer_id: int, offset: int = 0, relay: Relay | None = None,
                  ascii: bool = False) -> None:
-        self.session: ClusterFTPHandler | None = session
+        self.session: Session | None = session
         self.cluster: Cluster = session.cluster
         self.kind = kind
         self.path = path
@@ -320,7 +284,7 @@ class Transfer:
                               allowed_ip=self.allowed_ip, lazy_started=lazy, ascii=self.ascii)
         self._start_req = self.cluster.link.request(self.slave, cmd, self._on_start_reply)
 
-    def _live_session(self) -> ClusterFTPHandler | None:
+    def _live_session(self) -> Session | None:
         session = self.session
         if session is None or session._closed or session.current_transfer() is not self:
             return None
@@ -397,22 +361,7 @@ def _start_failure(reply: Any) -> ts.Event:
 
 # ---------------------------------------------------------------- the commands
 
-def plan(h: ClusterFTPHandler, kind: str, path: str, offset: int,
-         entry: Entry | None) -> tuple[str | None, str]:
-    """Slave for `kind` on `path` (at PRET time or when the command arrives), or the reply.
-    `entry` is what the metadata holds at `path` (the caller has looked it up)."""
-    now = h.cluster.clock()
-    if kind == "RETR":
-        if entry is None or entry.is_dir:
-            return None, replies.not_a_file(entry)
-        return pick_download(h.cluster, entry, now)
-    if kind == "STOU":
-        entry = None
-    must_hold = entry is not None and (offset > 0 or kind == "APPE")
-    return pick_upload(h.cluster, path, entry, must_hold, now, size_hint=h.allo_size)
-
-
-def retr(h: ClusterFTPHandler, path: str) -> None:
+def retr(h: Session, path: str) -> None:
     rest = h.take_restart_position()
     entry = h.fs.lookup(path)
     if entry is None or entry.is_dir:
@@ -424,7 +373,7 @@ def retr(h: ClusterFTPHandler, path: str) -> None:
     _dispatch(h, "RETR", path, rest, entry)
 
 
-def stor(h: ClusterFTPHandler, path: str, kind: str = "STOR") -> None:
+def stor(h: Session, path: str, kind: str = "STOR") -> None:
     rest = h.take_restart_position()
     if kind == "APPE" and rest:
         h.respond("450 Can't APPE while REST request is pending.")
@@ -440,7 +389,7 @@ def stor(h: ClusterFTPHandler, path: str, kind: str = "STOR") -> None:
     _dispatch(h, kind, path, rest, entry)
 
 
-def stou(h: ClusterFTPHandler, arg: str) -> None:
+def stou(h: Session, arg: str) -> None:
     if h._restart_position:
         h.respond("450 Can't STOU while REST request is pending.")
         return
@@ -462,7 +411,7 @@ def stou(h: ClusterFTPHandler, arg: str) -> None:
     stor(h, path, "STOU")
 
 
-def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: Entry | None) -> None:
+def _dispatch(h: Session, kind: str, path: str, offset: int, entry: Entry | None) -> None:
     from master.relay import Relay
 
     route = passive.take_route(h)
@@ -487,7 +436,7 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
             slave, why = None, (f"425 Can't open data connection: the PRET'd slave may not serve "
                                 f"this path ({rule}); send PRET with this command and path first.")
     else:
-        slave, why = plan(h, kind, path, offset, entry)
+        slave, why = choice.plan(h.cluster, kind, path, offset, entry, h.allo_size)
     if slave is None:
         passive.release_route(h, route)
         h.respond(why)
@@ -504,12 +453,14 @@ def _dispatch(h: ClusterFTPHandler, kind: str, path: str, offset: int, entry: En
             h.respond("425 Can't open data connection: too many relayed transfers; use PRET "
                       f"{kind} <path> before PASV/EPSV, or PORT/EPRT.")
             return
-        relay = Relay.for_session(h, slave, upload=kind in UPLOADS)
+        info = h.cluster.registry.slaves.get(slave)
+        relay = Relay.toward(info.data_host if info is not None else "127.0.0.1", h.cluster.waker,
+                             h.cluster.relayed, kind in UPLOADS, float(h.cluster.data_timeout))
         passive.attach_relay(h, route, relay)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay, ascii=h.current_type() == "a")
     if route.lent is not None:
-        transfer.lent, transfer.allowed_ip = route.lent, passive.client_ip(h)
+        transfer.lent, transfer.allowed_ip = route.lent, client_ip(str(h.remote_ip))
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:
         transfer.old_holders = frozenset(entry.slaves)
     if kind in UPLOADS:

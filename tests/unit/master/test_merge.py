@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from common import messages as m
-from master.cluster import SlaveRegistry, SlaveState
+from master.slaves import SlaveRegistry, SlaveState
 from master.merge import UNKNOWN_DIGEST
 from master.syncer import Phase, SlaveSync
 from master.vfs import VirtualFS

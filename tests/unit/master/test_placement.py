@@ -8,7 +8,7 @@ import pytest
 
 from common.config import DirectionPolicy, MasterConfig, PathRule, PlacementSection, PlacementWeights, loads
 from common.messages import SlaveStats, SlaveUp
-from master.cluster import SlaveRegistry
+from master.slaves import SlaveRegistry
 from master.placement import HOLDER_POINTS, Placement, SlaveLoad
 
 GB = 1024 ** 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from common.messages import SlaveStats
-from master.cluster import SlaveInfo, SlaveState
+from master.slaves import SlaveInfo, SlaveState
 from master.placement import Selection, Verdict
 from master.site import SessionView, slave_lines, slaveselect_lines, who_lines
 

@@ -1,11 +1,11 @@
-"""master.cluster: slave states across SlaveUp/SlaveDown, stats freshness and load counters."""
+"""master.slaves: slave states across SlaveUp/SlaveDown, stats freshness and load counters."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.messages import SlaveStats, SlaveUp
-from master.cluster import STATS_FRESH_S, SlaveRegistry, SlaveState
+from master.slaves import STATS_FRESH_S, SlaveRegistry, SlaveState
 from master.placement import Placement, SlaveLoad
 
 MB = 1024 ** 2
