@@ -3,7 +3,7 @@
 Owns the session's cluster-specific state (PRET, data routes, the deferred-reply queue,
 the transfer in progress) and routes commands to the modules that decide them:
 master.transfers (RETR/STOR/APPE/STOU), master.passive (PRET/PASV/EPSV/PORT/EPRT and
-listings), master.site (SITE SLAVES/STATUS, XCRC), master.fs (metadata commands through
+listings), master.site (SITE SLAVES/STATUS, XCRC), master.ftpfs (metadata commands through
 pyftpdlib's stock methods). Protocol decisions live in those modules, not here.
 """
 
@@ -27,7 +27,7 @@ from common import messages as m
 from common.config import MasterConfig
 from master import mlsx, passive, replies, site, transfers
 from master.cluster import Cluster
-from master.fs import SlaveCommands, VirtualFilesystem
+from master.ftpfs import FtpFilesystem, SlaveCommands
 from master.route import NO_ROUTE, DataRoute, RelayWaiting
 from master.transfers import RemoteTransfer, Transfer
 from master.users import ClusterAuthorizer
@@ -74,7 +74,7 @@ class ClusterFTPHandler(FTPHandler):
     _restart_position: Any
     _current_type: str
     _rnfr: Any
-    abstracted_fs = VirtualFilesystem
+    abstracted_fs = FtpFilesystem
     passive_dtp = passive.ParkingPassiveDTP
     proto_cmds = PROTO_CMDS
     use_sendfile = False

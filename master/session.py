@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from master.cluster import Cluster
-    from master.fs import VirtualFilesystem
+    from master.ftpfs import FtpFilesystem
     from master.route import DataRoute
     from master.users import ClusterAuthorizer
 
@@ -26,7 +26,7 @@ class Session(Protocol):
     pending_checksum: object | None
     # pyftpdlib's own (untyped) session state
     username: Any
-    fs: VirtualFilesystem
+    fs: FtpFilesystem
     authorizer: ClusterAuthorizer
     data_channel: Any
     remote_ip: Any

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 from common import messages as m
 from master import choice, passive, replies, transfer_state as ts
 from master.addresses import client_ip
-from master.fs import reserved_name
+from master.ftpfs import reserved_name
 from master.link import RequestFailed
 from master.slaves import LentPort
 from master.transfer_state import UPLOADS

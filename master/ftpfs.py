@@ -67,7 +67,7 @@ def _oserror(code: int, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
 
 
-class VirtualFilesystem(AbstractedFS):
+class FtpFilesystem(AbstractedFS):
     """One per logged-in session; `cmd_channel.cluster` supplies the VFS and slave notifier."""
 
     def __init__(self, root: str, cmd_channel: Any) -> None:

@@ -1,4 +1,4 @@
-"""master.fs listings: streamed names, stat served from the batch, LIST lines identical to
+"""master.ftpfs listings: streamed names, stat served from the batch, LIST lines identical to
 pyftpdlib's own format_list."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from pyftpdlib.filesystems import AbstractedFS
 
 from common import messages as m
-from master.fs import Listing, VirtualFilesystem
+from master.ftpfs import Listing, FtpFilesystem
 from master.vfs import VirtualFS
 
 
@@ -33,18 +33,18 @@ class _Channel:
 
 
 @pytest.fixture
-def fs() -> Iterator[VirtualFilesystem]:
+def fs() -> Iterator[FtpFilesystem]:
     vfs = VirtualFS(":memory:")
     gen = vfs.begin_merge("s1")
     vfs.merge_page("s1", gen, [m.InventoryEntry(path=f"/big/e{i:05d}", is_dir=False, size=i,
                                                 mtime_ms=1_700_000_000_000) for i in range(3000)])
     vfs.mkdir("/big/sub", "alice", "users", 1.5e9)
     vfs.record_upload("/big/zz", "s1", 123456789, None, time.time() - 60, "bob", "staff")
-    yield VirtualFilesystem("/", _Channel(vfs))
+    yield FtpFilesystem("/", _Channel(vfs))
     vfs.close()
 
 
-def test_listing_streams_names_in_order(fs: VirtualFilesystem) -> None:
+def test_listing_streams_names_in_order(fs: FtpFilesystem) -> None:
     listing = fs.listdir("/big")
     assert isinstance(listing, Listing)
     listing.sort()  # pyftpdlib calls it; already in order
@@ -53,14 +53,14 @@ def test_listing_streams_names_in_order(fs: VirtualFilesystem) -> None:
     assert names[:2] == ["e00000", "e00001"] and names[-2:] == ["sub", "zz"]
 
 
-def test_list_lines_match_pyftpdlib(fs: VirtualFilesystem) -> None:
+def test_list_lines_match_pyftpdlib(fs: FtpFilesystem) -> None:
     mine = list(fs.format_list("/big", fs.listdir("/big")))
     names = [line.decode().rstrip("\r\n").split(" ")[-1] for line in mine]
     assert mine == list(AbstractedFS.format_list(fs, "/big", names))
     assert mine[-1].startswith(b"-rw-r--r--   1 bob      staff    123456789 ")
 
 
-def test_mlsd_lines_are_rfc3659(fs: VirtualFilesystem) -> None:
+def test_mlsd_lines_are_rfc3659(fs: FtpFilesystem) -> None:
     lines = [line.decode() for line in fs.format_mlsx(
         "/big", fs.listdir("/big"), "elradfmwMT",
         ["type", "size", "modify", "perm", "unix.mode", "unix.ownername", "unix.groupname"])]
@@ -72,7 +72,7 @@ def test_mlsd_lines_are_rfc3659(fs: VirtualFilesystem) -> None:
                               "unix.mode=0644;unix.ownername=bob; zz\r\n")
 
 
-def test_mlst_reads_the_current_entry(fs: VirtualFilesystem) -> None:
+def test_mlst_reads_the_current_entry(fs: FtpFilesystem) -> None:
     """MLST after a listing reads the VFS: another session may have changed the entry."""
     names = iter(fs.listdir("/big"))
     assert next(names) == "e00000"
