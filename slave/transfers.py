@@ -47,6 +47,7 @@ from common import messages as m
 from common.config import SlaveSection
 from slave import ascii, dataconn
 from slave.outbox import CHUNK, Outbox, crc_range
+from slave.pool import PortPool
 from slave.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -321,13 +322,10 @@ class TransferManager:
         self.outbox = outbox
         self.ports = dataconn.PortAllocator(config.passive_ports)
         self.listeners: dict[int, Listener] = {}
-        self.pooled: dict[int, socket.socket] = {}
-        """Pooled passive listeners by port (open_pool), open for the slave's lifetime."""
-        self.pool_busy: dict[int, int] = {}
-        """Pooled port -> the transfer it is lent to, until that transfer's result is taken."""
-        self.pool_unclean: set[int] = set()
-        """Pooled ports whose accept queue a transfer could not empty at its end: refused
-        (EBUSY) until a ClearPort empties them, which the master sends after the refusal."""
+        self.pooled: PortPool[socket.socket] = PortPool()
+        """Pooled passive listeners by port (open_pool), open for the slave's lifetime, each
+        free, lent to one transfer until its result is taken, or dirty (its accept queue
+        could not be emptied: refused until a ClearPort, which the master sends)."""
         self._probe = bytearray(INLINE_SEND_MAX)
         """Main loop only: _send_inline's page-cache probe."""
         self.transfers: dict[int, Transfer] = {}
@@ -375,22 +373,18 @@ class TransferManager:
             except OSError as exc:
                 log.warning("passive pool: %d of %d listeners opened (%s)", len(self.pooled), count, exc)
                 break
-            self.pooled[int(sock.getsockname()[1])] = sock
-        return sorted(self.pooled)
+            self.pooled.add(int(sock.getsockname()[1]), sock)
+        return self.pooled.ports()
 
     def clear_port(self, port: int) -> None:
         """Close the connections waiting on pooled listener `port`. Raises OSError if there
         is no such listener or a running transfer has it."""
-        sock = self.pooled.get(port)
-        if sock is None:
-            raise OSError(errno.ENOENT, f"no pooled listener on port {port}")
-        if port in self.pool_busy:
-            raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
+        sock = self.pooled.check_clearable(port)
         if dropped := dataconn.drain_backlog(sock):
             log.info("pooled port %d: closed %d connection(s) nobody claimed", port, dropped)
         if dataconn.has_pending(sock):
             raise OSError(errno.EAGAIN, f"pooled port {port}: could not empty its accept queue")
-        self.pool_unclean.discard(port)
+        self.pooled.cleared(port)
 
     def refused(self, msg: m.StartSend | m.StartReceive) -> None:
         """A start refused: a client connection already waiting on its pooled port goes."""
@@ -494,9 +488,7 @@ class TransferManager:
         if transfer is not None:
             self._moved_done[transfer.kind] += transfer.bytes  # its worker is done with it
         if transfer is not None and transfer.pool_port:
-            self.pool_busy.pop(transfer.pool_port, None)
-            if transfer.unclean:
-                self.pool_unclean.add(transfer.pool_port)
+            self.pooled.give_back(transfer.pool_port, clean=not transfer.unclean)
         self.ended.pop(xfer_id, None)
 
     def expire_listeners(self, now: float) -> list[int]:
@@ -516,7 +508,7 @@ class TransferManager:
         for ended in list(self.ended.values()):
             ended.wait(max(0.0, deadline - time.monotonic()))
         self.pool.close()
-        for sock in self.pooled.values():
+        for sock in self.pooled.listeners():
             sock.close()
         self.pooled.clear()
 
@@ -527,12 +519,7 @@ class TransferManager:
         if xfer_id in self.transfers:
             raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
         if port:
-            if port not in self.pooled:
-                raise OSError(errno.ENOTCONN, f"no pooled listener on port {port}")
-            if port in self.pool_busy:
-                raise OSError(errno.EBUSY, f"pooled port {port} is in use by transfer {self.pool_busy[port]}")
-            if port in self.pool_unclean:
-                raise OSError(errno.EBUSY, f"pooled port {port} still holds connections: clear it first")
+            self.pooled.check_lendable(port)
             if connect_to is not None or not msg.allowed_ip:
                 raise OSError(errno.EINVAL, "a pooled port needs allowed_ip and no connect_to")
             self._check_capacity(xfer_id)
@@ -550,8 +537,7 @@ class TransferManager:
             listener.sock.close()  # active mode or a pooled port wins over a stale PRET listener
             listener = None
         if port:
-            listener = Listener(self.pooled[port], msg.allowed_ip, 0.0, pooled=True)
-            self.pool_busy[port] = xfer_id
+            listener = Listener(self.pooled.lend(port, xfer_id), msg.allowed_ip, 0.0, pooled=True)
         transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite,
                             ascii=msg.ascii)
         transfer.pool_port = port
@@ -563,7 +549,8 @@ class TransferManager:
         try:
             self.pool.submit(transfer)
         except RuntimeError as exc:
-            self.pool_busy.pop(port, None)
+            if port:
+                self.pooled.give_back(port, clean=True)
             del self.transfers[xfer_id], self.ended[xfer_id]
             self._moved_done[kind] += transfer.bytes  # an inline send may have begun
             transfer.close_all()
