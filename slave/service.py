@@ -32,16 +32,13 @@ from zmq.utils.monitor import recv_monitor_message
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
 from common.repeating import broker_unreachable
 from slave.outbox import JobPool, Outbox, checksum_job
+from slave.registration import Due, Registration
 from slave.stats import StatsSampler
 from slave.storage import Storage, StorageRootMissing
 from slave.transfers import Kind, TransferManager
 
 log = logging.getLogger(__name__)
 
-HELLO_RETRY_S = 2.0
-"""Re-send Hello this often until a Welcome arrives."""
-HELLO_RETRY_UNSENT_S = 0.25
-"""...or this often while it cannot even be queued (no connection to the broker)."""
 RESEND_DONE_S = 3.0
 PROGRESS_S = 1.0
 """A running transfer's byte count goes to the master this often (when it changed)."""
@@ -86,20 +83,13 @@ class SlaveService:
         # Hello at once instead of after the 5 s silence.
         self.monitor = self.dealer.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.lost_connection = False
-        self.hello_queued = False
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self.poller.register(self.outbox.fileno(), zmq.POLLIN)
         now = time.monotonic()
-        # registration state
-        self.welcomed = False
-        self.heartbeat_s = 1.0
-        self.liveness = 5
-        self.last_recv = now
-        self.last_send = now
-        self.hello_due = now
+        self.reg = Registration(now)
+        """Welcomed or not, and when to say Hello or Heartbeat (slave.registration)."""
         # timers
         self.resend_due = now + RESEND_DONE_S
         self.stats_due = now
@@ -128,7 +118,7 @@ class SlaveService:
         except zmq.ZMQError as exc:
             log.warning("send %s failed: %s", type(msg).__name__, exc)
             return False
-        self.last_send = time.monotonic()
+        self.reg.sent(time.monotonic())
         return True
 
     def send_hello(self) -> bool:
@@ -137,7 +127,7 @@ class SlaveService:
             name=self.cfg.name, incarnation=self.incarnation, version=_version(),
             data_host=self.data_host, max_transfers=self.cfg.max_transfers,
             disk_total=total, disk_free=free, started_ns=self.started_ns,
-            passive_pool=sorted(self.transfers.pooled)))
+            passive_pool=self.transfers.pooled.ports()))
 
     def error(self, req_id: int, exc: OSError) -> None:
         if req_id:  # req_id 0 marks a notification (master's link.notify): nobody waits
@@ -191,31 +181,30 @@ class SlaveService:
         due = [self.stats_due, now + TICK_S]
         if self.held_started:
             due.append(min(when for when, _ in self.held_started.values()))
-        if self.welcomed:
-            due += [self.last_send + self.heartbeat_s, self.resend_due,
-                    self.last_recv + self.heartbeat_s * self.liveness]
-        else:
-            due.append(self.hello_due)
+        due += self.reg.deadlines()
+        if self.reg.welcomed:
+            due.append(self.resend_due)
         return max(0.0, min(due) - now)
 
     def on_timers(self, now: float) -> None:
         self.warn_if_unreachable(now)
-        if self.welcomed and now - self.last_recv > self.heartbeat_s * self.liveness:
-            log.warning("broker silent for %.1f s; saying hello again", now - self.last_recv)
-            self.welcomed = False
-            self.hello_due = now
-        if not self.welcomed and now >= self.hello_due:
-            sent = self.hello_queued = self.send_hello()
-            self.hello_due = now + (HELLO_RETRY_S if sent else HELLO_RETRY_UNSENT_S)
-        if self.welcomed and now - self.last_send >= self.heartbeat_s:
-            self.send(m.Heartbeat())
+        for due in self.reg.tick(now):
+            match due:
+                case Due.BROKER_SILENT:
+                    log.warning("broker silent for %.1f s; saying hello again", self.reg.silence(now))
+                case Due.HELLO:
+                    self.reg.hello_sent(now, self.send_hello())
+                case Due.HEARTBEAT:
+                    self.send(m.Heartbeat())
+                case _:
+                    assert_never(due)
         if now >= self.resend_due:
             self.resend_due = now + RESEND_DONE_S
-            if self.welcomed:
+            if self.reg.welcomed:
                 self.resend_unacked()
         if now >= self.progress_due:
             self.progress_due = now + PROGRESS_S
-            if self.welcomed:
+            if self.reg.welcomed:
                 self.send_progress()
         if now >= self.stats_due:
             self.stats_due = now + self.cfg.stats_interval_ms / 1000
@@ -228,7 +217,7 @@ class SlaveService:
             log.info("xfer %d: passive listener expired unused", xfer_id)
 
     def warn_if_unreachable(self, now: float) -> None:
-        if self.welcomed:
+        if self.reg.welcomed:
             if (lasted := self.unreachable.cleared(now)) is not None:
                 log.warning("the broker answers again after %.0f s out of reach", lasted)
         elif (lasted := self.unreachable.holds(now)) is not None:
@@ -270,7 +259,7 @@ class SlaveService:
         except wire.BadFrame as exc:
             log.warning("dropped a bad frame from the broker: %s", exc)
             return
-        self.last_recv = time.monotonic()
+        self.reg.received(time.monotonic())
         try:
             self.on_message(msg)
         except Exception:  # one bad command must not kill the slave
@@ -284,16 +273,13 @@ class SlaveService:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.lost_connection = True
-            elif self.lost_connection or not self.hello_queued:
+            if self.reg.connection_event(event["event"] == zmq.EVENT_DISCONNECTED):
                 reconnected = True
-                self.lost_connection = False
         if reconnected:
             log.info("connected to the broker; saying hello")
-            self.welcomed = False
-            self.hello_due = time.monotonic()
-            self.on_timers(self.hello_due)
+            now = time.monotonic()
+            self.reg.start_over(now)
+            self.on_timers(now)
 
     def on_result(self, msg: m.Message) -> None:
         """A worker's result from the Outbox."""
@@ -307,12 +293,9 @@ class SlaveService:
     def on_message(self, msg: m.BrokerToSlave) -> None:
         match msg:
             case m.Welcome(heartbeat_ms=hb, liveness=liveness):
-                if not self.welcomed:
+                if self.reg.welcome(hb, liveness):
                     log.info("registered with the broker")
                     sdnotify.ready(f"slave {self.cfg.name} registered")
-                self.welcomed = True
-                self.heartbeat_s = max(hb, 50) / 1000
-                self.liveness = max(liveness, 1)
                 self.resend_unacked()
             case m.Heartbeat():
                 pass
@@ -325,9 +308,9 @@ class SlaveService:
                 self.stopping = True
             case m.Disconnect(reason=reason):
                 log.info("broker says disconnect (%s); saying hello again", reason)
-                self.welcomed = False
-                self.hello_due = time.monotonic()
-                self.on_timers(self.hello_due)
+                now = time.monotonic()
+                self.reg.start_over(now)
+                self.on_timers(now)
             case m.Listen():
                 self.on_listen(msg)
             case m.StartSend() | m.StartReceive():
