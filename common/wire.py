@@ -5,7 +5,7 @@ Nothing else in the code encodes or decodes wire messages.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import msgspec
 
@@ -27,12 +27,15 @@ class BadFrame(Exception):
     """A frame list that is not a valid message for this direction (wrong tag, shape or body)."""
 
 
+T = TypeVar("T")
+
+
 def encode(msg: m.Message) -> list[bytes]:
     """Frames for one message: [PROTOCOL_TAG, body]."""
     return [PROTOCOL_TAG, _encoder.encode(msg)]
 
 
-def decode(frames: Sequence[bytes | Any], decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+def decode(frames: Sequence[bytes | Any], decoder: msgspec.msgpack.Decoder[T]) -> T:
     """Decode [PROTOCOL_TAG, body] with `decoder`; raises BadFrame on anything else."""
     if len(frames) != 2:
         raise BadFrame(f"expected 2 frames, got {len(frames)}")

@@ -25,7 +25,8 @@ from pyftpdlib.utils import strerror
 
 from common import messages as m
 from common.config import MasterConfig
-from master import mlsx, passive, replies, site, transfers
+from master import answers, mlsx, passive, replies, site, transfers
+from master.answers import SlaveAnswer
 from master.cluster import Cluster
 from master.ftpfs import FtpFilesystem, SlaveCommands
 from master.route import NO_ROUTE, DataRoute, RelayWaiting
@@ -353,10 +354,9 @@ class ClusterFTPHandler(FTPHandler):
         remaining = [len(commands)]
         self.begin_deferred()
 
-        def on_reply(slave: str, cmd: m.SlaveCommand, reply: Any) -> None:
+        def on_reply(slave: str, cmd: m.SlaveCommand, reply: SlaveAnswer) -> None:
             if not (isinstance(reply, m.OpResult) and reply.ok):
-                log.warning("%s on %s failed: %s", type(cmd).__name__, slave,
-                            getattr(reply, "error", "") or getattr(reply, "reason", reply))
+                log.warning("%s on %s failed: %s", type(cmd).__name__, slave, answers.why(reply))
             remaining[0] -= 1
             if remaining[0] == 0 and not self._closed:
                 self.respond(ok_reply)

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, assert_never
 
 import msgspec
 import zmq
@@ -27,6 +27,7 @@ from common import messages as m, wire, zmqsock
 from common.config import MasterSection
 from common.repeating import broker_unreachable
 from master.addresses import numeric_address
+from master.answers import AnswerCallback, RequestFailed, SlaveAnswer, why
 from master.loop import ZmqReader
 from master.opqueue import QueuedOp
 from master.slaves import LentPort, SlaveRegistry, SlaveState
@@ -45,16 +46,7 @@ POOL_RETRY_S = 5.0
 the master lost track of still holding the port) are tried again this often."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFailed:
-    """A request got no answer: timeout, undeliverable, slave down or broker lost."""
-
-    reason: str
-
-
-Reply = Any
-"""A SlaveReply (OpResult, Listening, Started, ChecksumResult, InventoryPage) or RequestFailed."""
-Callback = Callable[[Reply], None]
+Callback = AnswerCallback
 
 
 class TransferWatcher(Protocol):
@@ -252,7 +244,7 @@ class BrokerLink:
         except Exception:
             log.exception("error handling %s from broker", type(msg).__name__)
 
-    def _dispatch(self, msg: Any) -> None:
+    def _dispatch(self, msg: m.BrokerToMaster) -> None:
         match msg:
             case m.FromSlave():
                 self._on_from_slave(msg)
@@ -277,7 +269,7 @@ class BrokerLink:
                 self._broker_lost("broker forgot the master")
                 self._send_hello()
             case _:
-                log.warning("unexpected %s from broker", type(msg).__name__)
+                assert_never(msg)
 
     def _on_from_slave(self, wrapped: m.FromSlave) -> None:
         msg = wrapped.msg
@@ -344,11 +336,11 @@ class BrokerLink:
             self.request(slave, m.ClearPort(req_id=0, port=lent.port),
                          functools.partial(self._pool_port_cleared, lent))
 
-    def _pool_port_cleared(self, lent: LentPort, reply: Reply) -> None:
+    def _pool_port_cleared(self, lent: LentPort, reply: SlaveAnswer) -> None:
         ok = isinstance(reply, m.OpResult) and reply.ok
         if not ok:
             log.info("pooled port %d of %s not cleared (%s): retried later", lent.port, lent.slave,
-                     reply.error if isinstance(reply, m.OpResult) else reply.reason)
+                     why(reply))
         self.registry.port_cleared(lent, ok)
         if ok:
             self.clear_pool_ports(lent.slave)  # one soiled while this ClearPort was in flight
@@ -485,8 +477,7 @@ class BrokerLink:
             log.exception("error in a broker-link callback")
 
     @staticmethod
-    def _log_outcome(slave: str, cmd: m.SlaveCommand, reply: Reply) -> None:
+    def _log_outcome(slave: str, cmd: m.SlaveCommand, reply: SlaveAnswer) -> None:
         if isinstance(reply, m.OpResult) and reply.ok:
             return
-        log.warning("%s on %s failed: %s", type(cmd).__name__, slave,
-                    reply.error if isinstance(reply, m.OpResult) else reply.reason)
+        log.warning("%s on %s failed: %s", type(cmd).__name__, slave, why(reply))

@@ -20,6 +20,7 @@ from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 from common import messages as m
 from master import choice
 from master.addresses import client_ip
+from master.answers import SlaveAnswer, why
 from master.route import (
     NO_ROUTE,
     AwaitingSlave,
@@ -203,7 +204,7 @@ def make_epasv(h: Session, extmode: bool, stock: Any) -> None:
     h.cluster.link.request(slave, cmd, functools.partial(_on_listening, h, listener))
 
 
-def _on_listening(h: Session, listener: SlaveListener, reply: Any) -> None:
+def _on_listening(h: Session, listener: SlaveListener, reply: SlaveAnswer) -> None:
     route = h.route
     if h._closed or not (isinstance(route, AwaitingSlave) and route.listener is listener):
         if isinstance(reply, m.Listening):
@@ -217,7 +218,7 @@ def _on_listening(h: Session, listener: SlaveListener, reply: Any) -> None:
         host = info.data_host if info is not None else h.socket.getsockname()[0]
         h.respond(pasv_reply(host, reply.port, listener.extmode))
     else:
-        reason = reply.error if isinstance(reply, m.OpResult) else getattr(reply, "reason", "?")
+        reason = why(reply)
         h.respond(f"425 Can't open passive connection on the storage slave: {reason}.")
     h.end_deferred()
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from common import messages as m
 from master import choice, replies
+from master.answers import SlaveAnswer, why
 from master.placement import Selection
 from master.slaves import SlaveInfo, SlaveState
 
@@ -250,15 +251,15 @@ def xcrc(h: Session, arg: str) -> None:
     if whole and entry.crc32 is not None:
         h.respond(crc_reply(entry.crc32))
         return
-    slave, why = choice.pick_download(h.cluster, entry, h.cluster.clock())
+    slave, refusal = choice.pick_download(h.cluster, entry, h.cluster.clock())
     if slave is None:
-        h.respond(why)
+        h.respond(refusal)
         return
     token = object()
     h.pending_checksum = token
     h.begin_deferred()
 
-    def on_reply(reply: Any) -> None:
+    def on_reply(reply: SlaveAnswer) -> None:
         if h._closed or h.pending_checksum is not token:
             return
         h.pending_checksum = None
@@ -267,7 +268,7 @@ def xcrc(h: Session, arg: str) -> None:
         elif isinstance(reply, m.OpResult):
             h.respond(f"550 Checksum failed: {reply.error or 'error on the slave'}.")
         else:
-            h.respond(f"451 Checksum not available: {getattr(reply, 'reason', 'no answer')}.")
+            h.respond(f"451 Checksum not available: {why(reply)}.")
         h.end_deferred()
 
     h.cluster.link.request(slave, m.Checksum(req_id=0, path=path, start=start, end=end), on_reply)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import msgspec
 
 from common import messages as m
+from master.answers import AnswerCallback, SlaveAnswer, why
 from master.opqueue import REPLAY_BATCH, QueuedOp
 from master.slaves import SlaveRegistry, SlaveState
 
@@ -40,7 +41,7 @@ class SlaveRequests(Protocol):
 
     def new_xfer_id(self) -> int: ...
 
-    def request(self, slave: str, cmd: m.SlaveCommand, callback: Callable[[Any], None],
+    def request(self, slave: str, cmd: m.SlaveCommand, callback: AnswerCallback,
                 timeout: float | None = None) -> int: ...
 
 log = logging.getLogger("master.merge")
@@ -103,7 +104,7 @@ class SlaveSync:
         self._inflight.add(op.op_id)
         self.link.request(op.slave, op.cmd, functools.partial(self._on_op_reply, op, callback))
 
-    def _on_op_reply(self, op: QueuedOp, callback: Callable[[Any], None] | None, reply: Any) -> None:
+    def _on_op_reply(self, op: QueuedOp, callback: AnswerCallback | None, reply: SlaveAnswer) -> None:
         self._inflight.discard(op.op_id)
         if isinstance(reply, m.OpResult):
             if not reply.ok:
@@ -111,7 +112,7 @@ class SlaveSync:
             self.vfs.op_done(op.op_id, failed=not reply.ok)
         else:
             log.info("%s on %s stays queued: %s", type(op.cmd).__name__, op.slave,
-                     getattr(reply, "reason", reply))
+                     why(reply))
         if callback is not None:
             callback(reply)
 
@@ -177,11 +178,11 @@ class SlaveSync:
         for op in ops:
             self.send_op(op, functools.partial(self._on_replayed, job))
 
-    def _on_replayed(self, job: MergeJob, reply: Any) -> None:
+    def _on_replayed(self, job: MergeJob, reply: SlaveAnswer) -> None:
         if not self._current(job):
             return
         if not isinstance(reply, m.OpResult):
-            self._fail(job, f"replay: {getattr(reply, 'reason', reply)}")
+            self._fail(job, f"replay: {why(reply)}")
             return
         job.replayed += 1
         job.outstanding -= 1
@@ -200,11 +201,11 @@ class SlaveSync:
     def _request(self, job: MergeJob, cmd: m.InventoryRequest) -> None:
         self.link.request(job.slave, cmd, functools.partial(self._on_page, job, cmd))
 
-    def _on_page(self, job: MergeJob, cmd: m.InventoryRequest, reply: Any) -> None:
+    def _on_page(self, job: MergeJob, cmd: m.InventoryRequest, reply: SlaveAnswer) -> None:
         if not self._current(job):
             return
         if not isinstance(reply, m.InventoryPage):
-            self._fail(job, f"inventory: {getattr(reply, 'reason', None) or getattr(reply, 'error', reply)}")
+            self._fail(job, f"inventory: {why(reply)}")
             return
         if job.phase is Phase.SUMMARY:
             job.to_list += self.vfs.stage_summaries(job.slave, job.generation, reply.summaries, job.full)

@@ -16,13 +16,13 @@ import posixpath
 import secrets
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from common import messages as m
 from master import choice, passive, replies, transfer_state as ts
 from master.addresses import client_ip
+from master.answers import RequestFailed, SlaveAnswer
 from master.ftpfs import reserved_name
-from master.link import RequestFailed
 from master.slaves import LentPort
 from master.transfer_state import UPLOADS
 from master.vfs import Entry
@@ -192,11 +192,11 @@ class Transfer:
         """ABOR, a new PORT/PASV, or the session closing: the session replies itself."""
         self.feed(ts.ClientAbort())
 
-    def _on_listen_reply(self, reply: Any) -> None:
+    def _on_listen_reply(self, reply: SlaveAnswer) -> None:
         self.feed(ts.Listened(reply.port) if isinstance(reply, m.Listening)
                   else _start_failure(reply))
 
-    def _on_start_reply(self, reply: Any) -> None:
+    def _on_start_reply(self, reply: SlaveAnswer) -> None:
         self._start_req = 0
         self.feed(ts.Started() if isinstance(reply, m.Started) else _start_failure(reply))
 
@@ -350,7 +350,7 @@ class Transfer:
         return ts.Recorded("ok")
 
 
-def _start_failure(reply: Any) -> ts.Event:
+def _start_failure(reply: SlaveAnswer) -> ts.Event:
     """The event for a Listen or start request that did not succeed."""
     if isinstance(reply, RequestFailed):
         return ts.Unanswered(reply.reason)

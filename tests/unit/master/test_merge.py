@@ -202,7 +202,7 @@ def test_syncer_replays_the_queue_before_reading_the_inventory(vfs: VirtualFS) -
 
 
 def test_syncer_keeps_an_unanswered_op_queued(vfs: VirtualFS) -> None:
-    from master.link import RequestFailed
+    from master.answers import RequestFailed
     [op] = vfs.enqueue([("s1", m.Delete(req_id=0, path="/f"))])
     link = FakeLink()
     sync = SlaveSync(link, vfs, SlaveRegistry())  # type: ignore[arg-type]
