@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from master import replies
 from master.placement import Selection
+from master.route import Route
+from master.transfer_state import UPLOADS
 from master.vfs import Entry
 
 if TYPE_CHECKING:
@@ -26,8 +28,7 @@ def pick_download(cluster: Cluster, entry: Entry, now: float) -> tuple[str | Non
     selection = cluster.placement.choose("download", entry.path, holders)
     if selection.chosen is None:
         # RFC 959 450: requested file action not taken, file unavailable (busy).
-        return None, _refusal(selection, "450 file unavailable: its slaves are too busy, try again later.",
-                              "450 file unavailable: its slave is offline.")
+        return None, _refusal(selection, replies.FILE_SLAVES_BUSY, replies.FILE_SLAVE_OFFLINE)
     return selection.chosen, ""
 
 
@@ -42,11 +43,10 @@ def pick_upload(cluster: Cluster, path: str, entry: Entry | None, must_hold: boo
     if selection.chosen is None:
         # RFC 959 452: insufficient storage space (or no free transfer slot).
         if must_hold:
-            unavailable = "450 file unavailable: its slave is offline."
+            unavailable = replies.FILE_SLAVE_OFFLINE
         else:
-            unavailable = "450 no storage slave is online, try again later."
-        return None, _refusal(selection, "452 no storage slave has room for this upload right now.",
-                              unavailable)
+            unavailable = replies.NO_SLAVE_ONLINE
+        return None, _refusal(selection, replies.NO_SLAVE_ROOM, unavailable)
     return selection.chosen, ""
 
 
@@ -63,3 +63,22 @@ def plan(cluster: Cluster, kind: str, path: str, offset: int, entry: Entry | Non
         entry = None
     must_hold = entry is not None and (offset > 0 or kind == "APPE")
     return pick_upload(cluster, path, entry, must_hold, now, size_hint=size_hint)
+
+
+def route_refusal(cluster: Cluster, route: Route, kind: str, path: str, offset: int,
+                  entry: Entry | None) -> str:
+    """Why the slave a PRET'd PASV lent (`route`) cannot serve `kind` on `path` now, or ""."""
+    slave = route.slave
+    assert slave is not None
+    must_hold = kind == "RETR" or offset > 0 or (kind == "APPE" and entry is not None)
+    if not cluster.registry.is_online(slave):
+        return replies.ROUTE_SLAVE_OFFLINE
+    if must_hold and (entry is None or slave not in entry.slaves):
+        return replies.ROUTE_SLAVE_LACKS_FILE
+    if route.lent is not None and not cluster.registry.is_current(route.lent):
+        return replies.ROUTE_SLAVE_RESTARTED
+    if rule := cluster.placement.rule_exclusion("upload" if kind in UPLOADS else "download",
+                                                path, slave):
+        # PRET placed the listener for another path: the path rules still apply to this one.
+        return replies.route_rule_refusal(rule)
+    return ""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 from pyftpdlib.handlers.ftp.dispatchers import ActiveDTP, PassiveDTP
 
 from common import messages as m
-from master import choice
+from master import choice, replies
 from master.addresses import client_ip
 from master.answers import SlaveAnswer, why
 from master.route import (
@@ -117,7 +117,7 @@ class ParkingPassiveDTP(PassiveDTP):
             return
         if h.remote_ip != addr[0] and not h.permit_foreign_addresses:
             sock.close()
-            h.respond_w_warning(f"425 Rejected data connection from foreign address {addr[0]}:{addr[1]}.")
+            h.respond_w_warning(replies.foreign_data_connection(addr[0], addr[1]))
             return  # keep listening: the client may still connect from the right address
         self.close()
         if h._dtp_acceptor is self:
@@ -186,8 +186,7 @@ def make_epasv(h: Session, extmode: bool, stock: Any) -> None:
         if h.cluster.config.passive_without_pret == "relay":
             stock(extmode)
         else:
-            h.respond("425 EPSV cannot reach the storage slave from here: use PASV after PRET, "
-                      "or PORT/EPRT.")
+            h.respond(replies.EPSV_CANNOT_REACH_SLAVE)
         return
     lent = h.cluster.registry.lend_port(slave)
     if lent is not None:
@@ -219,7 +218,7 @@ def _on_listening(h: Session, listener: SlaveListener, reply: SlaveAnswer) -> No
         h.respond(pasv_reply(host, reply.port, listener.extmode))
     else:
         reason = why(reply)
-        h.respond(f"425 Can't open passive connection on the storage slave: {reason}.")
+        h.respond(replies.slave_listen_failed(reason))
     h.end_deferred()
 
 
@@ -230,7 +229,7 @@ def cancel_pending_listen(h: Session) -> None:
         return
     h.route = NO_ROUTE
     h.cluster.link.notify(route.listener.slave, m.Abort(req_id=0, xfer_id=route.listener.xfer_id))
-    h.respond("425 Passive mode cancelled by ABOR.")
+    h.respond(replies.PASV_CANCELLED)
     h.end_deferred()
 
 
@@ -316,8 +315,8 @@ def take_route(h: Session) -> Route | str:
         case _ if h._dtp_acceptor is not None:
             return Route("relay")
         case _ if h.data_channel is not None:
-            return "425 A data transfer is already in progress."
-    return "425 Use PORT/EPRT or PASV/EPSV first."
+            return replies.TRANSFER_IN_PROGRESS
+    return replies.NO_DATA_ROUTE
 
 
 def attach_relay(h: Session, route: Route, relay: Relay) -> None:
@@ -353,12 +352,11 @@ def listing(h: Session, stock: Any, path: str) -> Any:
     """LIST/NLST/MLSD over the master's own data connection."""
     if isinstance(h.route, OnSlave):
         clear_route(h)
-        h.respond("425 The data connection was prepared on a storage slave; send PASV/EPSV "
-                  "without PRET (or PRET LIST) for listings.")
+        h.respond(replies.LISTING_NEEDS_MASTER_ROUTE)
         return None
     if not isinstance(h.route, (ClientAddress, MasterAccepted)) and h._dtp_acceptor is None \
             and h.data_channel is None:
-        h.respond("425 Use PORT/EPRT or PASV/EPSV first.")
+        h.respond(replies.NO_DATA_ROUTE)
         return None
     result = stock(path)
     if h._out_dtp_queue is None:
@@ -368,7 +366,7 @@ def listing(h: Session, stock: Any, path: str) -> Any:
         h.route = NO_ROUTE
         if not h.server._accept_new_cons():
             h._out_dtp_queue = None
-            h.respond("425 Too many connections. Can't open data channel.")
+            h.respond(replies.TOO_MANY_CONNECTIONS)
             return None
         h._dtp_connector = LazyActiveDTP(*route.addr, h)
     elif isinstance(route, MasterAccepted):

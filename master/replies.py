@@ -48,3 +48,55 @@ def not_a_directory(entry: Entry | None, command: str) -> str:
     if entry is None:
         return NO_SUCH_FILE
     return MLSD_OF_A_FILE if command == "MLSD" else NOT_A_DIRECTORY
+
+
+# ---------------------------------------------------------------- data connections (RFC 959 425)
+
+NO_DATA_ROUTE = "425 Use PORT/EPRT or PASV/EPSV first."
+TRANSFER_IN_PROGRESS = "425 A data transfer is already in progress."
+TOO_MANY_CONNECTIONS = "425 Too many connections. Can't open data channel."
+PASV_CANCELLED = "425 Passive mode cancelled by ABOR."
+LISTING_NEEDS_MASTER_ROUTE = ("425 The data connection was prepared on a storage slave; send "
+                              "PASV/EPSV without PRET (or PRET LIST) for listings.")
+EPSV_CANNOT_REACH_SLAVE = ("425 EPSV cannot reach the storage slave from here: use PASV after "
+                           "PRET, or PORT/EPRT.")
+ROUTE_SLAVE_OFFLINE = "425 Can't open data connection: its slave went offline."
+ROUTE_SLAVE_RESTARTED = "425 Can't open data connection: its slave restarted; send PASV again."
+ROUTE_SLAVE_LACKS_FILE = ("425 Can't open data connection: the PRET'd slave does not hold this "
+                          "file; send PRET with this command and path first.")
+
+
+def foreign_data_connection(ip: str, port: int) -> str:
+    return f"425 Rejected data connection from foreign address {ip}:{port}."
+
+
+def slave_listen_failed(reason: str) -> str:
+    return f"425 Can't open passive connection on the storage slave: {reason}."
+
+
+def route_rule_refusal(rule: str) -> str:
+    """PRET placed the listener for another path, and the path rules exclude this one."""
+    return (f"425 Can't open data connection: the PRET'd slave may not serve this path ({rule}); "
+            "send PRET with this command and path first.")
+
+
+def relay_refused(kind: str) -> str:
+    """passive_without_pret = "refuse"."""
+    return (f"425 Passive mode without PRET is not supported here: send PRET {kind} <path> "
+            "before PASV/EPSV, or use PORT/EPRT.")
+
+
+def too_many_relays(kind: str) -> str:
+    return (f"425 Can't open data connection: too many relayed transfers; use PRET {kind} <path> "
+            "before PASV/EPSV, or PORT/EPRT.")
+
+
+# ---------------------------------------------------------------- slaves (RFC 959 450/452)
+
+FILE_SLAVES_BUSY = "450 file unavailable: its slaves are too busy, try again later."
+FILE_SLAVE_OFFLINE = "450 file unavailable: its slave is offline."
+NO_SLAVE_ONLINE = "450 no storage slave is online, try again later."
+NO_SLAVE_ROOM = "452 no storage slave has room for this upload right now."
+APPE_AFTER_REST = "450 Can't APPE while REST request is pending."
+STOU_AFTER_REST = "450 Can't STOU while REST request is pending."
+NO_UNIQUE_NAME = "450 No usable unique file name found."

@@ -376,7 +376,7 @@ def retr(h: Session, path: str) -> None:
 def stor(h: Session, path: str, kind: str = "STOR") -> None:
     rest = h.take_restart_position()
     if kind == "APPE" and rest:
-        h.respond("450 Can't APPE while REST request is pending.")
+        h.respond(replies.APPE_AFTER_REST)
         return
     entry = h.fs.lookup(path)
     parent = h.fs.lookup(posixpath.dirname(path) or "/")
@@ -391,7 +391,7 @@ def stor(h: Session, path: str, kind: str = "STOR") -> None:
 
 def stou(h: Session, arg: str) -> None:
     if h._restart_position:
-        h.respond("450 Can't STOU while REST request is pending.")
+        h.respond(replies.STOU_AFTER_REST)
         return
     if arg:
         base = h.fs.ftp2fs(arg)
@@ -403,7 +403,7 @@ def stou(h: Session, arg: str) -> None:
         if h.fs.lookup(path) is None:
             break
     else:
-        h.respond("450 No usable unique file name found.")
+        h.respond(replies.NO_UNIQUE_NAME)
         return
     if not h.authorizer.has_perm(h.username, "w", path):
         h.respond("550 Not enough privileges.")
@@ -420,21 +420,8 @@ def _dispatch(h: Session, kind: str, path: str, offset: int, entry: Entry | None
         return
     if route.kind == "slave":
         assert route.slave is not None
-        slave: str | None = route.slave
-        why = ""
-        must_hold = kind == "RETR" or offset > 0 or (kind == "APPE" and entry is not None)
-        if not h.cluster.registry.is_online(route.slave):
-            slave, why = None, "425 Can't open data connection: its slave went offline."
-        elif must_hold and (entry is None or route.slave not in entry.slaves):
-            slave, why = None, ("425 Can't open data connection: the PRET'd slave does not hold "
-                                "this file; send PRET with this command and path first.")
-        elif route.lent is not None and not h.cluster.registry.is_current(route.lent):
-            slave, why = None, "425 Can't open data connection: its slave restarted; send PASV again."
-        elif rule := h.cluster.placement.rule_exclusion(
-                "upload" if kind in UPLOADS else "download", path, route.slave):
-            # PRET placed the listener for another path: the path rules still apply to this one.
-            slave, why = None, (f"425 Can't open data connection: the PRET'd slave may not serve "
-                                f"this path ({rule}); send PRET with this command and path first.")
+        why = choice.route_refusal(h.cluster, route, kind, path, offset, entry)
+        slave: str | None = None if why else route.slave
     else:
         slave, why = choice.plan(h.cluster, kind, path, offset, entry, h.allo_size)
     if slave is None:
@@ -445,13 +432,11 @@ def _dispatch(h: Session, kind: str, path: str, offset: int, entry: Entry | None
     if route.kind == "relay":
         if h.cluster.config.passive_without_pret == "refuse":
             passive.release_route(h, route)
-            h.respond("425 Passive mode without PRET is not supported here: send PRET "
-                      f"{kind} <path> before PASV/EPSV, or use PORT/EPRT.")
+            h.respond(replies.relay_refused(kind))
             return
         if h.cluster.relayed.open >= h.cluster.config.max_relays:
             passive.release_route(h, route)
-            h.respond("425 Can't open data connection: too many relayed transfers; use PRET "
-                      f"{kind} <path> before PASV/EPSV, or PORT/EPRT.")
+            h.respond(replies.too_many_relays(kind))
             return
         info = h.cluster.registry.slaves.get(slave)
         relay = Relay.toward(info.data_host if info is not None else "127.0.0.1", h.cluster.waker,
