@@ -35,7 +35,8 @@ from slave.outbox import JobPool, Outbox, checksum_job
 from slave.registration import Due, Registration
 from slave.stats import StatsSampler
 from slave.storage import Storage, StorageRootMissing
-from slave.transfers import Kind, TransferManager
+from slave.transfers import TransferManager
+from slave.workers import Kind
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import pytest
 
 from common.config import SlaveSection
 from slave.storage import Storage
-from slave.transfers import Kind, Transfer, TransferManager, WorkerPool, _CrcHelper
+from slave.transfers import TransferManager
+from slave.workers import Kind, Transfer, WorkerPool, _CrcHelper
 
 
 def _wait(pred, timeout: float = 5.0) -> None:
@@ -98,12 +99,12 @@ def test_inline_download_that_would_block_goes_on_in_a_worker(tmp_path: Path, mo
 
     from common import messages as m
     from common.config import SlaveSection
-    from slave import transfers
+    from slave import transfers, workers
     from slave.outbox import Outbox
     from slave.storage import Storage
 
     # Raised so that a file larger than the socket buffers is tried inline first.
-    monkeypatch.setattr(transfers, "INLINE_SEND_MAX", 64 << 20)
+    monkeypatch.setattr(workers, "INLINE_SEND_MAX", 64 << 20)
     data = os.urandom(8 << 20)
     (tmp_path / "f").write_bytes(data)
     outbox = Outbox()
@@ -147,11 +148,11 @@ def test_inline_send_only_from_the_page_cache(tmp_path: Path) -> None:
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evicted: a read would wait for the disk
-        if manager._cached(fd, 0, 64 * 1024):
+        if manager.mover._cached(fd, 0, 64 * 1024):
             pytest.skip("the page cache cannot be dropped on this filesystem (tmpfs?)")
         os.pread(fd, 64 * 1024, 0)
-        assert manager._cached(fd, 0, 64 * 1024)
-        assert manager._cached(fd, 64 * 1024, 0)
+        assert manager.mover._cached(fd, 0, 64 * 1024)
+        assert manager.mover._cached(fd, 64 * 1024, 0)
     finally:
         os.close(fd)
         outbox.close()
