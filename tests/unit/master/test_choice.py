@@ -68,3 +68,57 @@ def test_an_offline_slave_and_a_restarted_one() -> None:
     assert choice.route_refusal(c, route, "RETR", "/d/f", 0, HELD) == replies.ROUTE_SLAVE_RESTARTED  # type: ignore[arg-type]
     assert choice.route_refusal(c, Route("slave", slave="s9", xfer_id=2), "RETR", "/d/f", 0,  # type: ignore[arg-type]
                                 HELD) == replies.ROUTE_SLAVE_OFFLINE
+
+
+def two_slaves(free_s2: int = 1000 * MB, online_s2: bool = True) -> SimpleNamespace:
+    """s1 online with room; s2 online (or only known) with `free_s2` bytes free."""
+    c = cluster()
+    c.registry.on_up(SlaveUp(name="s2", incarnation="j1", data_host="127.0.0.2", max_transfers=8,
+                             disk_total=2000 * MB, disk_free=free_s2), now=0.0)
+    if online_s2:
+        c.registry.mark_online("s2")
+    c.clock = lambda: 1.0
+    return c
+
+
+PLANS = [
+    # (name, kind, path, offset, entry, size_hint, chosen, reply)
+    ("RETR goes to the holder", "RETR", "/d/f", 0, ELSEWHERE, 0, "s2", ""),
+    ("RETR of a directory", "RETR", "/d", 0, Entry("/d", True, 0, 0.0, "u", "g", None, frozenset()),
+     0, None, replies.IS_A_DIRECTORY),
+    ("RETR of a missing file", "RETR", "/d/x", 0, None, 0, None, replies.NO_SUCH_FILE),
+    ("RETR whose holder is unknown", "RETR", "/d/f", 0,
+     Entry("/d/f", False, 1, 0.0, "u", "g", None, frozenset({"s9"})), 0, None,
+     replies.FILE_SLAVE_OFFLINE),
+    ("REST+STOR stays on the holder", "STOR", "/d/f", 5, HELD, 0, "s1", ""),
+    ("APPE stays on the holder", "APPE", "/d/f", 0, ELSEWHERE, 0, "s2", ""),
+    ("APPE onto a file whose holder is gone", "APPE", "/d/f", 0,
+     Entry("/d/f", False, 1, 0.0, "u", "g", None, frozenset({"s9"})), 0, None,
+     replies.FILE_SLAVE_OFFLINE),
+    ("an upload bigger than any free space", "STOR", "/d/new", 0, None, 10_000 * MB, None,
+     replies.NO_SLAVE_ROOM),
+    ("STOU ignores an entry of the same name", "STOU", "/d/f", 5, ELSEWHERE, 0, "any", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "path", "offset", "entry", "size_hint", "chosen", "reply"),
+                         PLANS, ids=[p[0] for p in PLANS])
+def test_plan(name: str, kind: str, path: str, offset: int, entry: Entry | None, size_hint: int,
+              chosen: str | None, reply: str) -> None:
+    got_slave, got_reply = choice.plan(two_slaves(), kind, path, offset, entry,  # type: ignore[arg-type]
+                                       size_hint)
+    assert got_reply == reply
+    assert got_slave in ("s1", "s2") if chosen == "any" else got_slave == chosen
+
+
+def test_no_slave_online_for_an_upload() -> None:
+    c = SimpleNamespace(registry=SlaveRegistry(), placement=Placement(), clock=lambda: 0.0)
+    assert choice.plan(c, "STOR", "/new", 0, None) == (None, replies.NO_SLAVE_ONLINE)  # type: ignore[arg-type]
+    assert choice.pick_download(c, HELD, 0.0) == (None, replies.FILE_SLAVE_OFFLINE)  # type: ignore[arg-type]
+
+
+def test_busy_holders_are_told_apart_from_offline_ones() -> None:
+    c = cluster()
+    for _ in range(8):  # s1's max_transfers
+        c.registry.transfer_started("s1")
+    assert choice.pick_download(c, HELD, 1.0) == (None, replies.FILE_SLAVES_BUSY)  # type: ignore[arg-type]
