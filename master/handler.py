@@ -121,7 +121,7 @@ class ClusterFTPHandler(FTPHandler):
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if "\x00" in line:
             # RFC 959 501: syntax error in parameters; a NUL never names a valid path.
-            self.respond("501 Syntax error in parameters: NUL character not allowed.")
+            self.respond(replies.NUL_IN_COMMAND)
             self.log_cmd(cmd, arg.replace("\x00", "\\0"), 501, "NUL in argument")
             return
         if (self._deferred or self._queued) and cmd[-4:] not in _UNQUEUED:
@@ -314,17 +314,9 @@ class ClusterFTPHandler(FTPHandler):
     def ftp_DELE(self, path: str) -> None:
         self._change_metadata(self.fs.remove, (path,), "250 File removed.")
 
-    def ftp_MKD(self, path: str) -> Any:
-        try:
-            return super().ftp_MKD(path)
-        except sqlite3.Error:
-            log.exception("metadata store failed: MKD %s not done", path)
-            self.respond(replies.METADATA_FAILED)
-            return None
-
     def ftp_RMD(self, path: str) -> None:
         if path == "/":
-            self.respond("550 Can't remove root directory.")
+            self.respond(replies.CANNOT_REMOVE_ROOT)
             return
         self._change_metadata(self.fs.rmdir, (path,), "250 Directory removed.")
 

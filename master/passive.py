@@ -171,7 +171,7 @@ def make_epasv(h: Session, extmode: bool, stock: Any) -> None:
     kind, arg = pret_cmd
     path = h.fs.ftp2fs(arg) if arg else h.fs.cwd
     if arg and not h.fs.validpath(path):
-        h.respond("501 Invalid path.")
+        h.respond(replies.INVALID_PATH)
         return
     slave, why = choice.plan(h.cluster, kind, path, h._restart_position, h.fs.lookup(path),
                              h.allo_size)

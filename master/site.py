@@ -135,7 +135,7 @@ def crc_reply(crc32: int) -> str:
 
 def site_slaves(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     lines = slave_lines(h.cluster.registry.slaves.values(), h.cluster.clock())
     h.push("200-Slaves:\r\n" + "".join(f"{line}\r\n" for line in lines))
@@ -146,7 +146,7 @@ def site_remerge(h: Session, arg: str) -> None:
     """SITE REMERGE <slave>: replay its queued operations, then a full inventory merge (every
     directory listed, whatever the recorded digests). Answers at once; the merge runs on."""
     if not h.authorizer.is_admin(h.username):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     name = arg.strip()
     if not name:
@@ -160,7 +160,7 @@ def site_remerge(h: Session, arg: str) -> None:
 
 def site_status(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     cluster = h.cluster
     lines = status_lines(cluster.relayed.total, len(cluster.sessions), cluster.registry.slaves.values())
@@ -171,7 +171,7 @@ def site_status(h: Session) -> None:
 def site_slaveselect(h: Session, arg: str) -> None:
     """SITE SLAVESELECT up|down PATH: what placement would decide now, and why (no side effect)."""
     if not h.authorizer.is_admin(h.username):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     direction, _, raw = arg.strip().partition(" ")
     kinds = {"up": "upload", "upload": "upload", "down": "download", "download": "download",
@@ -201,7 +201,7 @@ def site_slaveselect(h: Session, arg: str) -> None:
 
 def site_who(h: Session) -> None:
     if not h.authorizer.is_admin(h.username):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     views = [session_view(s) for s in list(h.cluster.sessions)]
     lines = who_lines(views)
@@ -234,7 +234,7 @@ def xcrc(h: Session, arg: str) -> None:
     raw, start, end = parsed
     path = h.fs.ftp2fs(raw)
     if not h.fs.validpath(path):
-        h.respond("501 Invalid path.")
+        h.respond(replies.INVALID_PATH)
         return
     if not h.authorizer.has_perm(h.username, "r", path):
         h.respond(replies.NO_PERMISSION)

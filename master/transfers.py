@@ -406,7 +406,7 @@ def stou(h: Session, arg: str) -> None:
         h.respond(replies.NO_UNIQUE_NAME)
         return
     if not h.authorizer.has_perm(h.username, "w", path):
-        h.respond("550 Not enough privileges.")
+        h.respond(replies.NO_PERMISSION)
         return
     stor(h, path, "STOU")
 
