@@ -14,6 +14,7 @@ from common.config import MasterSection
 from master.link import BrokerLink
 from master.loop import Waker
 from master.placement import Placement
+from master.recorder import UploadRecorder
 from master.relay import RelayCounter
 from master.slaves import SlaveRegistry, SlaveState
 from master.vfs import VirtualFS
@@ -34,6 +35,9 @@ class Cluster:
     clock: Callable[[], float] = time.monotonic
     data_timeout: int = 300
     placement: Placement = field(default_factory=Placement)
+    recorder: UploadRecorder | None = None
+    """Records upload outcomes in batches (one commit per turn of the loop); without one,
+    each outcome is recorded on its own as it arrives."""
 
     def online_slaves(self) -> list[str]:
         return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)

@@ -310,6 +310,14 @@ class BrokerLink:
             return
         self._safe_call(pending.callback, msg)
 
+    def done_recorded(self, slave: str, xfer_id: int) -> None:
+        """An outcome whose on_done returned False is recorded now: acknowledge it and stop
+        watching its transfer."""
+        entry = self._watchers.get(xfer_id)
+        if entry is not None and entry[0] == slave:
+            del self._watchers[xfer_id]
+        self._ack(slave, xfer_id)
+
     def _ack(self, slave: str, xfer_id: int) -> None:
         batch = self._acks.setdefault(slave, [])
         batch.append(xfer_id)

@@ -31,6 +31,7 @@ from master.handler import build_handler
 from master.link import BrokerLink
 from master.loop import Waker
 from master.placement import Placement
+from master.recorder import UploadRecorder
 from master.relay import RelayCounter
 from master.slaves import SlaveRegistry
 from master.users import ClusterAuthorizer, verify_password
@@ -86,7 +87,8 @@ def run(config_path: str) -> int:
     link = BrokerLink(ioloop, section, registry, vfs)
     waker = Waker(ioloop)
     cluster = Cluster(config=section, vfs=vfs, registry=registry, link=link, ioloop=ioloop,
-                      waker=waker, relayed=RelayCounter(), placement=Placement(config.placement))
+                      waker=waker, relayed=RelayCounter(), placement=Placement(config.placement),
+                      recorder=UploadRecorder(vfs, ioloop, link.send_op, link.notify))
     handler = build_handler(config, cluster, authorizer)
     try:
         server = FTPServer((section.listen_host, section.listen_port), handler, ioloop=ioloop)

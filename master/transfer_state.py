@@ -234,7 +234,8 @@ class State(enum.Enum):
     RELAY_ENDED = "relay-ended"
     """The relay stopped first; waiting for the slave's outcome."""
     RECORDING = "recording"
-    """An upload's outcome is being recorded (the shell answers with Recorded at once)."""
+    """An upload's outcome is being recorded (the shell answers with Recorded, at once or
+    once the batch it joined is committed)."""
     FLUSHING = "flushing"
     """Relay: the slave is done, the relay still hands the last bytes to the client."""
     LATE = "late"
@@ -442,6 +443,12 @@ class TransferMachine:
         if self.state is State.FLUSHING:  # nobody left to hand the last bytes to
             self.state = State.CLOSED
 
+    def _on_abort_while_recording(self, event: ClientAbort) -> None:
+        """The slave is done and its outcome is being recorded: only the client goes."""
+        if self.attached:
+            self.attached = False
+            self._emit(Detach())
+
     def _on_grace_over(self, event: GraceOver) -> None:
         self.waiting_late = False
         if self.state is State.LATE:
@@ -484,6 +491,8 @@ TRANSITIONS: dict[State, dict[type, _Step]] = {
     },
     State.RECORDING: {
         Recorded: TransferMachine._on_recorded,
+        ClientAbort: TransferMachine._on_abort_while_recording,
+        Lost: TransferMachine._ignore,
     },
     State.FLUSHING: {
         RelayEnded: TransferMachine._on_relay_ended,

@@ -25,7 +25,7 @@ from master.answers import RequestFailed, SlaveAnswer
 from master.ftpfs import reserved_name
 from master.slaves import LentPort
 from master.transfer_state import UPLOADS
-from master.vfs import Entry
+from master.vfs import Entry, UploadRecord
 
 if TYPE_CHECKING:
     from master.cluster import Cluster
@@ -183,7 +183,7 @@ class Transfer:
         store failed): the link sends no DoneAck, so the slave re-sends it and the record is
         tried again (the client has had its 451 already)."""
         self.feed(ts.Done(msg))
-        return not self.machine.unrecorded
+        return not (self.machine.unrecorded or self.machine.state is ts.State.RECORDING)
 
     def on_lost(self, reason: str) -> None:
         self.feed(ts.Lost(reason))
@@ -245,7 +245,12 @@ class Transfer:
                     if session is not None:
                         session.detach_transfer()
                 case ts.Record(msg=msg):
-                    self.feed(self._record_upload(msg))
+                    record = self._upload_record(msg)
+                    recorder = self.cluster.recorder
+                    if record is not None and recorder is not None:
+                        recorder.add(record, self._on_recorded)  # answered once committed
+                    else:
+                        self.feed(self._record_upload(msg))
                 case ts.Release(soil=soil):
                     self.cluster.registry.transfer_finished(self.slave)
                     lent, self.lent = self.lent, None
@@ -305,6 +310,23 @@ class Transfer:
         session.respond(reply.text)
         session.log_cmd(self.kind, self.path, int(reply.text[:3]), reply.text[4:])
         session.detach_transfer()
+
+    def _upload_record(self, msg: m.TransferDone) -> UploadRecord | None:
+        """What to write in the tree for this outcome, or None when it changes no entry (a
+        failed upload that left the old file or nothing, or a failed overwrite)."""
+        if not msg.ok and (msg.bytes == 0 or msg.kept_old or self.old_holders is not None):
+            return None
+        mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
+        return UploadRecord(self.path, self.slave, msg.size, msg.crc32, mtime, self.owner,
+                            "ftpcluster")
+
+    def _on_recorded(self, recorded: ts.Recorded) -> None:
+        """The recorder committed (or could not commit) this upload's outcome."""
+        if self.machine.unrecorded and recorded.result == "ok":
+            log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
+        self.feed(recorded)
+        if recorded.result != "retry":
+            self.cluster.link.done_recorded(self.slave, self.xfer_id)
 
     def _record_upload(self, msg: m.TransferDone) -> ts.Recorded:
         """Record the upload's outcome in the VFS and queue the slave commands it implies."""

@@ -25,8 +25,9 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
+from common import messages as m
 from master.merge import MergeMixin, MergeStats
 from master.opqueue import OpQueueMixin, QueuedOp
 from master.vpath import (
@@ -119,6 +120,18 @@ def _entry(path: str, row: tuple[Any, ...]) -> Entry:
     _id, is_dir, size, mtime, owner, grp, crc32, slaves = row
     return Entry(path=path, is_dir=bool(is_dir), size=size, mtime=mtime, owner=owner, group=grp,
                  crc32=crc32, slaves=frozenset(slaves.split("/")) if slaves else frozenset())
+
+
+class UploadRecord(NamedTuple):
+    """One upload's outcome to record (record_uploads)."""
+
+    path: str
+    slave: str
+    size: int
+    crc32: int | None
+    mtime: float
+    owner: str
+    group: str
 
 
 class VirtualFS(MergeMixin, OpQueueMixin):
@@ -448,6 +461,30 @@ class VirtualFS(MergeMixin, OpQueueMixin):
             self._note_new_replica(slave, parent)
             self._cancel_queued_deletes(slave, path)
         return Entry(path, False, size, mtime, owner, group, crc32, frozenset((slave,))), stale
+
+    def record_uploads(self, uploads: list[UploadRecord]) -> list[tuple[Entry, list[QueuedOp]] | OSError]:
+        """Record several uploads in one durable commit (one fsync for all of them), each with
+        the queued Deletes of its stale copies. An upload the tree refuses (OSError: no parent,
+        a directory of that name) is left out and its OSError returned in its place; the others
+        are recorded. A sqlite3.Error records none of them (and is raised)."""
+        results: list[tuple[Entry, list[QueuedOp]] | OSError] = []
+        with self._tx() as db:
+            for up in uploads:
+                db.execute("SAVEPOINT upload")
+                try:
+                    entry, stale = self.record_upload(up.path, up.slave, up.size, up.crc32, up.mtime,
+                                                      up.owner, up.group)
+                    ops = self.enqueue((other, m.Delete(req_id=0, path=entry.path))
+                                       for other in sorted(stale))
+                except OSError as exc:
+                    db.execute("ROLLBACK TO upload")
+                    db.execute("RELEASE upload")
+                    self._dirs.clear()  # it may hold ids of rows the rollback removed
+                    results.append(exc)
+                    continue
+                db.execute("RELEASE upload")
+                results.append((entry, ops))
+        return results
 
     def set_mtime(self, path: str, mtime: float) -> None:
         """Raises ENOENT."""

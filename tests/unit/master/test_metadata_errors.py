@@ -66,7 +66,7 @@ def _cluster(vfs: Any) -> Any:
                            unwatch=lambda x: link.unwatched.append(x), send_op=lambda op: None)
     ioloop = SimpleNamespace(later=[], call_later=lambda d, f, *a, **k: ioloop.later.append((f, a)))
     registry = SimpleNamespace(transfer_finished=lambda s: None)
-    return SimpleNamespace(vfs=vfs, link=link, ioloop=ioloop, registry=registry)
+    return SimpleNamespace(vfs=vfs, link=link, ioloop=ioloop, registry=registry, recorder=None)
 
 
 def test_upload_not_recorded_gets_451_and_no_ack_until_recorded() -> None:

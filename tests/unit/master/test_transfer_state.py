@@ -162,6 +162,10 @@ CASES: list[tuple[str, TransferMachine, ts.Event, list[ts.Action], State, bool]]
     ("relayed upload recorded, relay still running", machine(State.RECORDING, "STOR", relayed=True,
                                                              done=OK_DONE),
      ts.Recorded("ok"), [], State.FLUSHING, True),
+    ("client leaves while its upload is recorded", machine(State.RECORDING, "STOR", done=OK_DONE),
+     ts.ClientAbort(), [ts.Detach()], State.RECORDING, False),
+    ("the slave vanishes after its outcome", machine(State.RECORDING, "STOR", done=OK_DONE),
+     ts.Lost("x"), [], State.RECORDING, True),
     # FLUSHING
     ("relay hands the last byte", machine(State.FLUSHING, relayed=True, done=OK_DONE),
      ts.RelayEnded(True), [ts.RelayAbort(), COMPLETE], State.CLOSED, False),
