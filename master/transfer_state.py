@@ -68,8 +68,10 @@ class Unexpected:
 
 @dataclass(frozen=True)
 class Done:
-    """The slave's TransferDone (possibly re-sent)."""
+    """The slave's TransferDone (possibly re-sent). `relay_copying`: the master's relay is
+    still handing bytes to the client (else it never started, or is over)."""
     msg: m.TransferDone
+    relay_copying: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,8 @@ class TransferMachine:
     so the slave re-sends it."""
     waiting_late: bool = False
     """A WaitLate timer is running (one at a time)."""
+    relay_copying: bool = False
+    """With the slave's outcome: the relay was still copying, so its end is waited for."""
     _out: list[Action] = field(default_factory=list)
 
     @property
@@ -371,6 +375,7 @@ class TransferMachine:
         if self.state is State.STARTING:
             self._emit(CancelStart())
         self.done = event.msg
+        self.relay_copying = event.relay_copying
         self._release(soil=False)  # the slave empties the port's queue before TransferDone
         if self.is_upload:
             self.state = State.RECORDING
@@ -404,7 +409,7 @@ class TransferMachine:
         """The slave's outcome is known (and recorded): reply now, or once the relay ends."""
         msg = self.done
         assert msg is not None
-        if self.relayed and self.relay_result is None and self.attached:
+        if self.relayed and self.relay_copying and self.relay_result is None and self.attached:
             self.state = State.FLUSHING  # the client has not seen every byte yet
             return
         relay = self.relay_result or RelayEnded(ok=True)
@@ -420,6 +425,8 @@ class TransferMachine:
         if self.state is State.FLUSHING:
             self._outcome()
             return
+        if self.state is State.RECORDING:
+            return  # the outcome follows the record, with this result
         if not event.ok:
             self._emit(SendAbort())  # the client side failed first; the slave's outcome follows
         self.state = State.RELAY_ENDED
@@ -491,6 +498,7 @@ TRANSITIONS: dict[State, dict[type, _Step]] = {
     },
     State.RECORDING: {
         Recorded: TransferMachine._on_recorded,
+        RelayEnded: TransferMachine._on_relay_ended,
         ClientAbort: TransferMachine._on_abort_while_recording,
         Lost: TransferMachine._ignore,
     },
@@ -504,11 +512,13 @@ TRANSITIONS: dict[State, dict[type, _Step]] = {
         GraceOver: TransferMachine._on_grace_over,
         Lost: TransferMachine._ignore,
         ClientAbort: TransferMachine._on_client_abort,
+        RelayEnded: TransferMachine._ignore,  # the relay stopped by the finish reports it
     },
     State.CLOSED: {
         ClientAbort: TransferMachine._on_client_abort,
         Lost: TransferMachine._ignore,
         GraceOver: TransferMachine._on_grace_over,
+        RelayEnded: TransferMachine._ignore,  # the relay stopped by the finish reports it
     },
 }
 """state -> event type -> step. What is missing is a ProtocolError."""

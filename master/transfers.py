@@ -182,7 +182,8 @@ class Transfer:
         """The slave's outcome. False while an upload could not be recorded (the metadata
         store failed): the link sends no DoneAck, so the slave re-sends it and the record is
         tried again (the client has had its 451 already)."""
-        self.feed(ts.Done(msg))
+        relay = self.relay
+        self.feed(ts.Done(msg, relay_copying=relay is not None and relay.running))
         return not (self.machine.unrecorded or self.machine.state is ts.State.RECORDING)
 
     def on_lost(self, reason: str) -> None:
