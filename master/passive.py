@@ -302,6 +302,8 @@ def clear_route(h: Session) -> None:
 def take_route(h: Session) -> Route | str:
     """Consume the session's data route for RETR/STOR/APPE/STOU, or the reply if none."""
     route = h.route
+    if h.data_channel is not None:  # one transfer at a time on a control connection
+        return replies.TRANSFER_IN_PROGRESS
     match route:
         case OnSlave(listener=listener):
             h.route = NO_ROUTE
@@ -314,8 +316,6 @@ def take_route(h: Session) -> Route | str:
             return Route("relay", sock=sock)
         case _ if h._dtp_acceptor is not None:
             return Route("relay")
-        case _ if h.data_channel is not None:
-            return replies.TRANSFER_IN_PROGRESS
     return replies.NO_DATA_ROUTE
 
 
