@@ -29,7 +29,7 @@ from common import messages as m
 from common.config import SlaveSection
 from slave import dataconn
 from slave.outbox import Outbox
-from slave.pool import PortPool
+from slave.pool import PortPool, PortState
 from slave.storage import Storage
 from slave.workers import DataMover, Kind, Listener, Transfer, WorkerPool
 
@@ -209,7 +209,8 @@ class TransferManager:
         transfer = self.transfers.pop(xfer_id, None)
         if transfer is not None:
             self._moved_done[transfer.kind] += transfer.bytes  # its worker is done with it
-        if transfer is not None and transfer.pool_port:
+        if transfer is not None and transfer.pool_port \
+                and self.pooled.state(transfer.pool_port) is PortState.LENT:  # not after shutdown()
             self.pooled.give_back(transfer.pool_port, clean=not transfer.unclean)
         self.ended.pop(xfer_id, None)
 

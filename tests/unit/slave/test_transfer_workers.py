@@ -182,3 +182,30 @@ def test_moved_sums_running_and_finished_transfers_per_direction(tmp_path: Path)
     manager.finished(3)
     manager.finished(3)  # a repeated outcome adds nothing
     assert manager.moved() == (1007, 80)
+
+
+def test_a_transfer_on_a_pooled_port_ended_by_shutdown_is_taken_out_cleanly(tmp_path: Path) -> None:
+    """shutdown() closes the pool while a transfer still holds a port; taking that transfer's
+    TransferDone out afterwards must not fail (the service then sends it and says Bye)."""
+    from common import messages as m
+    from common.config import SlaveSection
+    from slave import transfers
+    from slave.outbox import Outbox
+    from slave.storage import Storage
+
+    outbox = Outbox()
+    manager = transfers.TransferManager(Storage(str(tmp_path)), SlaveSection(
+        name="s1", root=str(tmp_path), passive_pool=1, data_timeout=10), outbox)
+    [port] = manager.open_pool()
+    try:
+        manager.start_receive(m.StartReceive(req_id=1, xfer_id=7, path="/up.bin", pool_port=port,
+                                             allowed_ip="127.0.0.1"))
+        manager.shutdown(5)  # aborts the upload still waiting for its client, empties the pool
+        results: list[m.Message] = []
+        _wait(lambda: bool(results.extend(outbox.drain()) or results))
+        [done] = results
+        assert isinstance(done, m.TransferDone) and not done.ok
+        manager.finished(7)
+        assert 7 not in manager.transfers and len(manager.pooled) == 0
+    finally:
+        outbox.close()
