@@ -7,6 +7,7 @@ from __future__ import annotations
 import ftplib
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -135,3 +136,25 @@ def test_lftp_cls_shows_the_real_modes(cluster: Cluster) -> None:
     ]
     # lftp cuts a group name to its 8-column field.
     assert all(len(f[2]) >= 8 and "ftpcluster".startswith(f[2]) for f in lines), lines
+
+
+def test_a_second_transfer_command_while_one_runs_gets_425(cluster: Cluster) -> None:
+    """A relayed RETR waits for the client's connection; a second RETR on the same session
+    must not replace it (that stranded the first transfer and its relay slot)."""
+    with cluster.ftp() as ftp:
+        ftp.voidcmd("TYPE I")
+        upload(ftp, "/second.bin", b"x" * 1000, "active")
+        ftp.set_pasv(True)
+        reply = ftp.sendcmd("PASV")
+        assert reply.startswith("227")
+        ftp.putcmd("RETR /second.bin")
+        assert ftp.getresp().startswith("150")  # relayed: the client has not connected yet
+        with pytest.raises(ftplib.error_temp, match="^425 A data transfer is already in progress"):
+            ftp.sendcmd("RETR /second.bin")
+        host, port = ftplib.parse227(reply)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            got = b""
+            while chunk := conn.recv(65536):
+                got += chunk
+        assert got == b"x" * 1000
+        assert ftp.voidresp().startswith("226")
