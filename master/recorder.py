@@ -16,11 +16,41 @@ from typing import Any, Callable
 from common import messages as m
 from master.opqueue import QueuedOp
 from master.transfer_state import Recorded
-from master.vfs import UploadRecord, VirtualFS
+from master.vfs import Entry, UploadRecord, VirtualFS
 
 log = logging.getLogger(__name__)
 
 OnRecorded = Callable[[Recorded], None]
+
+
+def settle(record: UploadRecord, result: tuple[Entry, list[QueuedOp]] | OSError,
+           send_op: Callable[[QueuedOp], None],
+           notify: Callable[[str, m.SlaveCommand], None]) -> Recorded:
+    """What a committed record means for its upload: the stale copies' Deletes go out, or
+    (the tree refused the name) the slave's file is deleted and the upload fails."""
+    if isinstance(result, OSError):
+        log.warning("upload of %s on %s not recorded (%s): deleting it", record.path,
+                    record.slave, result)
+        notify(record.slave, m.Delete(req_id=0, path=record.path))
+        return Recorded("refused", result.strerror or "cannot record")
+    _entry, ops = result
+    for op in ops:
+        send_op(op)
+    return Recorded("ok")
+
+
+def record_now(vfs: VirtualFS, record: UploadRecord, send_op: Callable[[QueuedOp], None],
+               notify: Callable[[str, m.SlaveCommand], None]) -> Recorded:
+    """Record one upload in a commit of its own (no recorder batching)."""
+    try:
+        [result] = vfs.record_uploads([record])
+    except sqlite3.Error as exc:
+        # Transient (disk full, I/O error, locked): the file stays on the slave, which
+        # re-sends its TransferDone (no DoneAck) so the record is tried again.
+        log.error("upload of %s on %s not recorded: metadata store failed (%s)", record.path,
+                  record.slave, exc)
+        return Recorded("retry")
+    return settle(record, result, send_op, notify)
 
 
 class UploadRecorder:
@@ -62,16 +92,7 @@ class UploadRecorder:
             return
         self.commits += 1
         for (record, on_recorded), result in zip(batch, results, strict=True):
-            if isinstance(result, OSError):
-                log.warning("upload of %s on %s not recorded (%s): deleting it", record.path,
-                            record.slave, result)
-                self.notify(record.slave, m.Delete(req_id=0, path=record.path))
-                self._answer(on_recorded, Recorded("refused", result.strerror or "cannot record"))
-                continue
-            _entry, ops = result
-            for op in ops:
-                self.send_op(op)
-            self._answer(on_recorded, Recorded("ok"))
+            self._answer(on_recorded, settle(record, result, self.send_op, self.notify))
 
     def _flush_failed(self) -> None:
         log.exception("error while recording uploads")

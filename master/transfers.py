@@ -23,6 +23,7 @@ from master import choice, passive, replies, transfer_state as ts
 from master.addresses import client_ip
 from master.answers import RequestFailed, SlaveAnswer
 from master.ftpfs import reserved_name
+from master.recorder import record_now
 from master.slaves import LentPort
 from master.transfer_state import UPLOADS
 from master.vfs import Entry, UploadRecord
@@ -148,10 +149,6 @@ class Transfer:
     def is_upload(self) -> bool:
         return self.machine.is_upload
 
-    @property
-    def state(self) -> ts.State:
-        return self.machine.state
-
     def progress(self) -> int:
         """Bytes moved so far: the relay's count, else the slave's TransferProgress (about
         once a second), the final count once TransferDone arrived."""
@@ -251,7 +248,7 @@ class Transfer:
                     if record is not None and recorder is not None:
                         recorder.add(record, self._on_recorded)  # answered once committed
                     else:
-                        self.feed(self._record_upload(msg))
+                        self.feed(self._record_upload(msg))  # at once: no recorder, or no record
                 case ts.Release(soil=soil):
                     self.cluster.registry.transfer_finished(self.slave)
                     lent, self.lent = self.lent, None
@@ -330,47 +327,31 @@ class Transfer:
             self.cluster.link.done_recorded(self.slave, self.xfer_id)
 
     def _record_upload(self, msg: m.TransferDone) -> ts.Recorded:
-        """Record the upload's outcome in the VFS and queue the slave commands it implies."""
-        vfs = self.cluster.vfs
-        if not msg.ok and (msg.bytes == 0 or msg.kept_old):
-            return ts.Recorded("ok")  # the slave left the previous file (if any) untouched
-        if not msg.ok and self.old_holders is not None:
+        """Record the upload's outcome now (no recorder) and queue the slave commands it
+        implies."""
+        link = self.cluster.link
+        record = self._upload_record(msg)
+        if record is not None:
+            recorded = record_now(self.cluster.vfs, record, link.send_op, link.notify)
+            if recorded.result == "ok" and self.machine.unrecorded:
+                log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
+            return recorded
+        failed_overwrite = msg.bytes > 0 and not msg.kept_old and self.old_holders is not None
+        if failed_overwrite and self.slave not in (self.old_holders or ()):
             # A failed overwrite on a slave without the old file: the old entry stays, and the
             # partial file that slave kept under the name is not its content.
-            if self.slave not in self.old_holders:
-                try:
-                    with vfs.transaction():
-                        ops = vfs.enqueue([(self.slave, m.Delete(req_id=0, path=self.path))])
-                except (OSError, sqlite3.Error) as exc:
-                    log.warning("partial overwrite of %s on %s not queued for deletion (%s)",
-                                self.path, self.slave, exc)
-                    ops = []
-                    self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
-                for op in ops:
-                    self.cluster.link.send_op(op)
-            return ts.Recorded("ok")
-        mtime = msg.mtime_ms / 1000.0 if msg.mtime_ms else time.time()
-        try:
-            with vfs.transaction():  # the new record and the stale copies' Deletes, at once
-                _entry, stale = vfs.record_upload(self.path, self.slave, msg.size, msg.crc32, mtime,
-                                                  self.owner, "ftpcluster")
-                stale_ops = vfs.enqueue((other, m.Delete(req_id=0, path=self.path))
-                                        for other in sorted(stale))
-        except OSError as exc:
-            log.warning("upload of %s on %s not recorded (%s): deleting it", self.path, self.slave, exc)
-            self.cluster.link.notify(self.slave, m.Delete(req_id=0, path=self.path))
-            return ts.Recorded("refused", exc.strerror or "cannot record")
-        except sqlite3.Error as exc:
-            # Transient (disk full, I/O error, locked): the file stays on the slave, which
-            # re-sends its TransferDone (no DoneAck) so the record is tried again.
-            log.error("upload of %s on %s not recorded: metadata store failed (%s)",
-                      self.path, self.slave, exc)
-            return ts.Recorded("retry")
-        if self.machine.unrecorded:
-            log.info("upload of %s on %s recorded on a re-sent outcome", self.path, self.slave)
-        for op in stale_ops:
-            self.cluster.link.send_op(op)
-        return ts.Recorded("ok")
+            vfs = self.cluster.vfs
+            try:
+                with vfs.transaction():
+                    ops = vfs.enqueue([(self.slave, m.Delete(req_id=0, path=self.path))])
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("partial overwrite of %s on %s not queued for deletion (%s)",
+                            self.path, self.slave, exc)
+                ops = []
+                link.notify(self.slave, m.Delete(req_id=0, path=self.path))
+            for op in ops:
+                link.send_op(op)
+        return ts.Recorded("ok")  # otherwise the slave left the previous file (if any) untouched
 
 
 def _start_failure(reply: SlaveAnswer) -> ts.Event:

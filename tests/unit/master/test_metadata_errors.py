@@ -29,6 +29,10 @@ class _FailingVFS:
         self.recorded.append(path)
         return None, set()
 
+    def record_uploads(self, uploads: list[Any]) -> list[tuple[None, list[Any]]]:
+        with self.transaction():
+            return [(self.record_upload(up.path)[0], []) for up in uploads]
+
     def enqueue(self, ops: Any) -> list:
         return list(ops)
 
