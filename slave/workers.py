@@ -427,10 +427,7 @@ class DataMover:
                 try:
                     n = os.sendfile(out, t.fd, pos, SENDFILE_CHUNK)
                 except OSError as exc:
-                    if not dataconn.stalled(exc):
-                        raise
-                    if t.aborted or time.monotonic() - last_progress >= limit:
-                        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
+                    _go_on_if_only_stalled(t, exc, last_progress, limit)
                     continue
                 if n == 0:
                     break
@@ -456,10 +453,7 @@ class DataMover:
                 try:
                     n = conn.send(view)
                 except OSError as exc:
-                    if not dataconn.stalled(exc):
-                        raise
-                    if t.aborted or time.monotonic() - last_progress >= limit:
-                        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
+                    _go_on_if_only_stalled(t, exc, last_progress, limit)
                     continue
                 view = view[n:]
                 t.bytes += n
@@ -561,6 +555,16 @@ class DataMover:
             crc32=crc if st is not None else None,
             mtime_ms=st.st_mtime_ns // 1_000_000 if st is not None else 0,
             aborted=t.aborted, error=text, errno=code, kept_old=kept_old)
+
+
+def _go_on_if_only_stalled(t: Transfer, exc: OSError, last_progress: float, limit: float) -> None:
+    """Called from the `except` of a send: returns when the socket only would block (try
+    again); re-raises any other error; raises DataTimeout when the transfer was aborted or
+    no byte went out for `limit` seconds."""
+    if not dataconn.stalled(exc):
+        raise exc
+    if t.aborted or time.monotonic() - last_progress >= limit:
+        raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
 
 
 def _fsync_dir(path: Path) -> None:
