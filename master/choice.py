@@ -71,6 +71,10 @@ def route_refusal(cluster: Cluster, route: Route, kind: str, path: str, offset: 
     slave = route.slave
     assert slave is not None
     must_hold = kind == "RETR" or offset > 0 or (kind == "APPE" and entry is not None)
+    # A new process of the slave may still be merging (not online yet): that it restarted is
+    # the reason the client can act on (PASV again), so it is told first.
+    if route.lent is not None and cluster.registry.restarted_since(route.lent):
+        return replies.ROUTE_SLAVE_RESTARTED
     if not cluster.registry.is_online(slave):
         return replies.ROUTE_SLAVE_OFFLINE
     if must_hold and (entry is None or slave not in entry.slaves):

@@ -211,6 +211,11 @@ class SlaveRegistry:
         info = self.slaves.get(lent.slave)
         return info is not None and info.incarnation == lent.incarnation and lent.port in info.pool
 
+    def restarted_since(self, lent: LentPort) -> bool:
+        """The slave that lent `lent` has come back as another process (online or not yet)."""
+        info = self.slaves.get(lent.slave)
+        return info is not None and info.incarnation != lent.incarnation
+
     def return_port(self, lent: LentPort) -> None:
         """`lent` is clean (the slave emptied its queue) and may be lent again; ignored if
         its incarnation is gone or it is free or dirty already."""

@@ -64,6 +64,8 @@ def test_an_offline_slave_and_a_restarted_one() -> None:
     assert choice.route_refusal(c, route, "RETR", "/d/f", 0, HELD) == ""  # type: ignore[arg-type]
     c.registry.on_up(SlaveUp(name="s1", incarnation="i2", data_host="127.0.0.1", max_transfers=8,
                              disk_total=2000 * MB, disk_free=1000 * MB, passive_pool=[4000]), now=1.0)
+    # The new process is up but not merged (not online) yet: still "restarted", not "offline".
+    assert choice.route_refusal(c, route, "RETR", "/d/f", 0, HELD) == replies.ROUTE_SLAVE_RESTARTED  # type: ignore[arg-type]
     c.registry.mark_online("s1")
     assert choice.route_refusal(c, route, "RETR", "/d/f", 0, HELD) == replies.ROUTE_SLAVE_RESTARTED  # type: ignore[arg-type]
     assert choice.route_refusal(c, Route("slave", slave="s9", xfer_id=2), "RETR", "/d/f", 0,  # type: ignore[arg-type]
