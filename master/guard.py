@@ -22,6 +22,7 @@ import ipaddress
 import re
 
 from master import replies
+from master.vpath import CONTROL_CHARACTERS
 
 TELNET_PREFIXED = ("ABOR", "STAT", "QUIT")
 """Commands some clients prefix with Telnet IP/Synch bytes (pyftpdlib matches their last 4
@@ -37,7 +38,7 @@ PATH_COMMANDS = frozenset({
 """Commands whose argument names a file or directory: a bad byte there is 553."""
 
 _LINE_BREAKS = re.compile("[\r\n\x00]")
-_BAD_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_IN_NAME = re.compile(f"[{CONTROL_CHARACTERS}\ud800-\udfff]")
 _COMMAND_WORD = re.compile("[\x21-\x7e]*")
 
 
