@@ -38,6 +38,8 @@ class Raw:
                                              source_address=(source, 0))
         self.file = self.sock.makefile("rb")
         self.banner = self.file.readline()
+        self.noop: bytes | None = None
+        """The master's reply to NOOP, which ends what `replies` collects."""
 
     def login(self, password: str = ADMIN_PASSWORD) -> bytes:
         self.sock.sendall(f"USER {ADMIN_USER}\r\nPASS {password}\r\n".encode())
@@ -45,14 +47,18 @@ class Raw:
         return self.file.readline()
 
     def replies(self, raw: bytes) -> list[bytes]:
-        """Send `raw` then NOOP: every line the master sent before NOOP's 200."""
+        """Send `raw` then NOOP: every line the master sent before NOOP's reply."""
+        if self.noop is None:
+            self.sock.sendall(b"NOOP\r\n")
+            self.noop = self.file.readline()
+            assert self.noop.startswith(b"200 "), self.noop
         self.sock.sendall(raw + b"NOOP\r\n")
         lines: list[bytes] = []
         while True:
             line = self.file.readline()
             if not line:
                 raise EOFError(lines)
-            if line.startswith(b"200 "):
+            if line == self.noop:
                 return lines
             lines.append(line)
 
@@ -65,6 +71,7 @@ class Raw:
 def raw(cluster: Cluster) -> Iterator[Raw]:
     session = Raw(cluster.ftp_port)
     assert session.login().startswith(b"230")
+    assert session.replies(b"TYPE I\r\n")[0].startswith(b"200")  # SIZE answers in TYPE I only
     yield session
     session.close()
 
