@@ -73,8 +73,15 @@ def refusal(cmd: str, arg: str) -> str:
 
 
 def shown(text: str) -> str:
-    """`text` safe for a log line: control characters and invalid UTF-8 escaped."""
+    """`text` safe for a log line or a reply: control characters and invalid UTF-8 escaped."""
     return _BAD_IN_NAME.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def one_line(reply: str) -> str:
+    """A reply line as sent: whatever its text came from (a slave's error, a name stored
+    before these checks), a CR, LF or other control character in it is escaped, so the
+    client never reads a second, forged reply line."""
+    return shown(reply) if _BAD_IN_NAME.search(reply) else reply
 
 
 # ---------------------------------------------------------------- failed logins

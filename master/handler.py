@@ -21,6 +21,7 @@ from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+from pyftpdlib.log import logger as ftplog
 from pyftpdlib.utils import strerror
 
 from common import messages as m
@@ -135,6 +136,9 @@ class ClusterFTPHandler(FTPHandler):
     # ------------------------------------------------------------ hostile input, deferred replies
     def decode(self, bytes: bytes) -> str:
         return guard.decode(bytes)  # invalid UTF-8 stays visible to guard.refusal
+
+    def respond(self, resp: str, logfun: Any = ftplog.debug) -> None:
+        super().respond(guard.one_line(resp), logfun)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         line, cmd = guard.without_telnet_prefix(line, cmd)

@@ -90,6 +90,17 @@ def test_without_telnet_prefix(line: str, cmd: str, out: tuple[str, str]) -> Non
     assert guard.without_telnet_prefix(line, cmd) == out
 
 
+@pytest.mark.parametrize(("reply", "sent"), [
+    ("213 99", "213 99"),
+    ('257 "/grüße" directory created.', '257 "/grüße" directory created.'),
+    ('257 "/x\n213 99" directory created.', '257 "/x\\n213 99" directory created.'),
+    ("425 slave said: a\r\nb", "425 slave said: a\\r\\nb"),
+    ("550 /bad\udcff\x1b[0m", "550 /bad\\udcff\\x1b[0m"),
+])
+def test_one_line(reply: str, sent: str) -> None:
+    assert guard.one_line(reply) == sent
+
+
 def test_shown_escapes_control_and_invalid_bytes() -> None:
     assert guard.shown("/a\x1b[0m\udcff\n") == "/a\\x1b[0m\\udcff\\n"
     assert guard.shown("/grüße") == "/grüße"
