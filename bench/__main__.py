@@ -648,7 +648,9 @@ def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argpa
         small = [random_file(data / "small" / f"f{i:04d}", sizes.small_bytes) for i in range(sizes.small_count)]
         names = [f.name for f in small]
         cluster = ClusterServer(work / "cluster", slaves=1,
-                                master_extra={"max_connections": sizes.idle_sessions + 200})
+                                # every session comes from 127.0.0.1: no per-address limit
+                                master_extra={"max_connections": sizes.idle_sessions + 200,
+                                              "max_connections_per_ip": 0})
         populate(cluster.root, big, small)
         servers: list[Any] = [cluster]
         if "single" in sections:

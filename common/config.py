@@ -119,7 +119,17 @@ class MasterSection(_Section, frozen=True):
     """Port range of the master's own passive listeners (listings and relay)."""
     masquerade_address: str = ""
     max_connections: Positive = 512
-    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 16
+    """Control connections at once from one address (beyond it: 421); 0 = no limit, which
+    lets one address take all of max_connections."""
+    login_timeout: Positive = 30
+    """Seconds a connection may stay without logging in before it is closed (421), so idle
+    connections cannot hold the slots for idle_timeout."""
+    failed_login_limit: Annotated[int, msgspec.Meta(ge=0)] = 10
+    """Failed logins from one address (an IPv6 /64), across connections, within
+    failed_login_window seconds that ban it for failed_login_ban seconds; 0 = no ban."""
+    failed_login_window: Positive = 60
+    failed_login_ban: Positive = 300
     idle_timeout: Positive = 300
     request_timeout: Positive = 10
     """Seconds to wait for a slave's answer to a command before failing the FTP command."""

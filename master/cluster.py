@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from common.config import MasterSection
+from master.guard import FailedLogins
 from master.link import BrokerLink
 from master.loop import Waker
 from master.placement import Placement
@@ -38,6 +39,12 @@ class Cluster:
     recorder: UploadRecorder | None = None
     """Records upload outcomes in batches (one commit per turn of the loop); without one,
     each outcome is recorded on its own as it arrives."""
+    logins: FailedLogins = field(init=False)
+    """Failed logins per source address, across sessions (the login ban), from the config."""
+
+    def __post_init__(self) -> None:
+        self.logins = FailedLogins(self.config.failed_login_limit,
+                                   self.config.failed_login_window, self.config.failed_login_ban)
 
     def online_slaves(self) -> list[str]:
         return sorted(n for n, i in self.registry.slaves.items() if i.state is SlaveState.ONLINE)

@@ -21,11 +21,12 @@ from pyftpdlib.exceptions import AuthenticationFailed
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftp.producers import BufferedIteratorProducer
+from pyftpdlib.log import logger as ftplog
 from pyftpdlib.utils import strerror
 
 from common import messages as m
 from common.config import MasterConfig
-from master import answers, mlsx, passive, replies, site, transfers
+from master import answers, guard, mlsx, passive, replies, site, transfers
 from master.answers import SlaveAnswer
 from master.cluster import Cluster
 from master.ftpfs import FtpFilesystem, SlaveCommands
@@ -79,6 +80,8 @@ class ClusterFTPHandler(FTPHandler):
     passive_dtp = passive.ParkingPassiveDTP
     proto_cmds = PROTO_CMDS
     use_sendfile = False
+    login_timeout: float = 30
+    """Seconds from connecting to logging in before the session is closed (421)."""
 
     def __init__(self, conn: socket.socket, server: Any, ioloop: Any = None) -> None:
         # Set before FTPHandler.__init__, which may call close() on a dead connection.
@@ -89,6 +92,7 @@ class ClusterFTPHandler(FTPHandler):
         self._deferred = False
         self._queued: collections.deque[tuple[str, str, str]] = collections.deque()
         self._replay_call: Any = None
+        self._login_timer: Any = None
         self.connected_at = time.monotonic()
         self.allo_size = 0
         """ALLO's byte count, for the next upload's placement (reset when it is dispatched)."""
@@ -100,11 +104,23 @@ class ClusterFTPHandler(FTPHandler):
     # ------------------------------------------------------------ session lifecycle
     def handle(self) -> None:
         self.cluster.sessions.add(self)
+        self._login_timer = self.ioloop.call_later(self.login_timeout, self._login_timed_out,
+                                                   _errback=self.handle_error)
         super().handle()
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if not self.authenticated and not self._closed:
+            log.info("%s: not logged in after %g s: closing", self.remote_ip, self.login_timeout)
+            self._queued.clear()
+            self.respond(replies.LOGIN_TIMED_OUT)
+            self.close_when_done()
 
     def close(self) -> None:
         if not self._closed:
             self.cluster.sessions.discard(self)
+            if self._login_timer is not None and not self._login_timer.cancelled:
+                self._login_timer.cancel()
             self._queued.clear()
             if self._replay_call is not None and not self._replay_call.cancelled:
                 self._replay_call.cancel()
@@ -117,13 +133,15 @@ class ClusterFTPHandler(FTPHandler):
         if self.current_transfer() is None:
             passive.drop_stored_route(self)
 
-    # ------------------------------------------------------------ deferred replies
+    # ------------------------------------------------------------ hostile input, deferred replies
+    def decode(self, bytes: bytes) -> str:
+        return guard.decode(bytes)  # invalid UTF-8 stays visible to guard.refusal
+
+    def respond(self, resp: str, logfun: Any = ftplog.debug) -> None:
+        super().respond(guard.one_line(resp), logfun)
+
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-        if "\x00" in line:
-            # RFC 959 501: syntax error in parameters; a NUL never names a valid path.
-            self.respond(replies.NUL_IN_COMMAND)
-            self.log_cmd(cmd, arg.replace("\x00", "\\0"), 501, "NUL in argument")
-            return
+        line, cmd = guard.without_telnet_prefix(line, cmd)
         if (self._deferred or self._queued) and cmd[-4:] not in _UNQUEUED:
             # A reply is still owed: answer this one after it, in order (pipelining).
             if len(self._queued) >= MAX_QUEUED_COMMANDS:
@@ -135,6 +153,15 @@ class ClusterFTPHandler(FTPHandler):
                 self.close_when_done()
                 return
             self._queued.append((line, cmd, arg))
+            return
+        self._run(line, cmd, arg)
+
+    def _run(self, line: str, cmd: str, arg: str) -> None:
+        """pyftpdlib's dispatch of one command line, unless master.guard refuses its bytes."""
+        if refusal := guard.refusal(cmd, arg):
+            shown = "******" if cmd == "PASS" else guard.shown(arg)
+            self.log_cmd(guard.shown(cmd), shown, int(refusal[:3]), refusal[4:])
+            self.respond(refusal)
             return
         super().pre_process_command(line, cmd, arg)
 
@@ -150,7 +177,7 @@ class ClusterFTPHandler(FTPHandler):
         self._replay_call = None
         while self._queued and not self._deferred and not self._closed:
             line, cmd, arg = self._queued.popleft()
-            super().pre_process_command(line, cmd, arg)
+            self._run(line, cmd, arg)
 
     def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
         try:
@@ -166,6 +193,8 @@ class ClusterFTPHandler(FTPHandler):
         """Stock PASS, but the scrypt check runs on the authorizer's worker pool: the reply
         is deferred (later commands queue behind it) and comes back through the Waker."""
         check = getattr(self.authorizer, "check_password", None)
+        if not self.authenticated and self.username and self._login_banned():
+            return
         if self.authenticated or not self.username or check is None:
             super().ftp_PASS(line)
             return
@@ -183,13 +212,36 @@ class ClusterFTPHandler(FTPHandler):
                 msg_login = self.authorizer.get_msg_login(username)
             except KeyError:  # the user was removed (SIGHUP) while the check ran
                 err = AuthenticationFailed("Authentication failed.")
+        if err is None and self._login_banned():  # the ban began while this check ran
+            self.end_deferred()
+            return
         if err is not None:
+            self._count_failed_login()
             # pyftpdlib's delay (auth_failed_timeout) and max_login_attempts; the deferral
             # ends in on_login_failed, once the 530 is out.
             self.handle_auth_failed(str(err), password)
             return
         self.handle_auth_success(home, password, msg_login)
         self.end_deferred()
+
+    def _login_banned(self) -> bool:
+        """Refuse this login (530, then close) when its source is banned; no password check."""
+        source = guard.source_key(self.remote_ip)
+        if not self.cluster.logins.banned(source, self.cluster.clock()):
+            return False
+        self.log_cmd("PASS", "******", 530, f"logins from {source} banned")
+        self.username = ""
+        self._queued.clear()
+        self.respond(replies.LOGIN_BANNED)
+        self.close_when_done()
+        return True
+
+    def _count_failed_login(self) -> None:
+        logins = self.cluster.logins
+        source = guard.source_key(self.remote_ip)
+        if logins.failed(source, self.cluster.clock()):
+            log.warning("%s: %d failed logins within %g s: logins from this address refused "
+                        "for %g s", source, logins.limit, logins.window, logins.ban)
 
     def on_login_failed(self, username: str, password: str) -> None:
         super().on_login_failed(username, password)
@@ -399,6 +451,7 @@ def build_handler(config: MasterConfig, cluster: Cluster,
         authorizer=authorizer if authorizer is not None else ClusterAuthorizer(list(config.users)),
         banner=section.banner,
         timeout=section.idle_timeout,
+        login_timeout=section.login_timeout,
         passive_ports=list(range(ports[0], ports[1] + 1)) if ports else None,
         masquerade_address=section.masquerade_address or None,
         permit_foreign_addresses=False,

@@ -15,10 +15,19 @@ NOT_A_DIRECTORY = "550 Not a directory."
 MLSD_OF_A_FILE = "501 Not a directory: MLSD lists directories (use MLST for a file)."
 NO_PERMISSION = "550 Not enough privileges."
 INVALID_PATH = "501 Invalid path."
-NUL_IN_COMMAND = "501 Syntax error in parameters: NUL character not allowed."
 CANNOT_REMOVE_ROOT = "550 Can't remove root directory."
 FILE_NAME_NOT_ALLOWED = "553 File name not allowed."
 METADATA_FAILED = "451 Requested action aborted: local error: metadata store failed."
+
+
+# ---------------------------------------------------------------- hostile input (master.guard)
+
+LINE_BREAK_IN_COMMAND = "501 Syntax error in parameters: CR, LF or NUL not allowed in a command."
+COMMAND_NOT_UNDERSTOOD = "500 Command not understood."
+BAD_BYTES_IN_NAME = "553 File name not allowed: control characters or invalid UTF-8."
+BAD_BYTES_IN_ARGUMENT = "501 Syntax error in parameters: control characters or invalid UTF-8."
+LOGIN_BANNED = "530 Too many failed logins from your address; try again later."
+LOGIN_TIMED_OUT = "421 Login timed out; closing control connection."
 
 
 TYPE_A_REFUSALS = {

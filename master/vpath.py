@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 
 MAX_NAME_BYTES = 255
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f"
+"""What no name may hold, as a regex character range: C0, DEL and C1."""
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 ROOT_ID = 1
 ADOPTED_OWNER = "ftpcluster"
 """Owner and group of files and directories learnt from a slave's inventory."""
@@ -43,8 +47,10 @@ class Entry:
 def normalize(path: str, cwd: str = "/") -> str:
     """Absolute, normalised virtual path; `..` never climbs above "/".
 
-    Raises VfsError(EINVAL) for a path containing NUL or a component longer than 255 bytes,
-    and for a component that is not encodable as UTF-8 (a lone surrogate).
+    Raises VfsError(EINVAL) for a path containing NUL or another control character (C0, DEL,
+    C1: no stored name holds one, whether it comes from a client or a slave's inventory), a
+    component longer than 255 bytes, and a component that is not encodable as UTF-8 (a lone
+    surrogate).
 
     >>> normalize("b/../c//d/", "/a")
     '/a/c/d'
@@ -53,6 +59,8 @@ def normalize(path: str, cwd: str = "/") -> str:
         raise vfs_error(errno.EINVAL, path.replace("\x00", "\\0"))
     if not path.startswith("/"):
         path = f"{cwd}/{path}"
+    if _CONTROL.search(path):
+        raise vfs_error(errno.EINVAL, _CONTROL.sub(lambda m: ascii(m.group())[1:-1], path))
     parts: list[str] = []
     for part in path.split("/"):
         if part in ("", "."):

@@ -28,7 +28,17 @@ def _wrong_login(port: int, user: str, done: list[str]) -> None:
         done.append(f.readline().decode())  # 530 after pyftpdlib's auth-failed delay
 
 
-def test_wrong_password_logins_do_not_stall_other_sessions(master: Master) -> None:
+@pytest.fixture
+def unlimited_master(tmp_path: Path, broker: FakeBroker) -> Iterator[Master]:  # noqa: F811
+    # 21 connections and 20 failed logins from one address: no per-address limit, no ban
+    # (test_hostile_input shows both).
+    proc = Master(tmp_path, broker, extra="max_connections_per_ip = 0\nfailed_login_limit = 0")
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def test_wrong_password_logins_do_not_stall_other_sessions(unlimited_master: Master) -> None:
+    master = unlimited_master
     ftp = master.client()
     ftp.voidcmd("NOOP")
     done: list[str] = []

@@ -72,6 +72,13 @@ def test_unchanged_directories_are_not_listed(vfs: VirtualFS) -> None:
                                            summary("/c", 5)], full=False) == 0
 
 
+def test_names_with_control_characters_on_a_slave_are_not_adopted(vfs: VirtualFS) -> None:
+    full_merge(vfs, "s1", {"/": 1, "/d\nx": 2},
+               [inv("/ok"), inv("/a\nb"), inv("/esc\x1b[31m"), inv("/d\nx", is_dir=True),
+                inv("/d\nx/f")])
+    assert [e.path for e in vfs.listdir("/")] == ["/ok"]
+
+
 def test_a_vanished_directory_loses_the_slave(vfs: VirtualFS) -> None:
     full_merge(vfs, "s1", {"/": 1, "/a": 2}, [inv("/a", is_dir=True), inv("/a/x")])
     full_merge(vfs, "s2", {"/": 1, "/a": 7}, [inv("/a", is_dir=True), inv("/a/x")])

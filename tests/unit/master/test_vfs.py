@@ -85,6 +85,13 @@ def test_normalize(path: str, cwd: str, expected: str) -> None:
     ("/" + "x" * 256, "/"),
     ("/ok/" + "é" * 128, "/"),  # 256 bytes
     ("/bad\ud800", "/"),  # lone surrogate: not UTF-8
+    ("/a\nb", "/"),  # control characters (C0, DEL, C1): no stored name holds one
+    ("/a\rb", "/"),
+    ("/esc\x1b[31m", "/"),
+    ("/tab\t", "/"),
+    ("/del\x7f", "/"),
+    ("/csi\u009b", "/"),
+    ("b", "/a\nb"),
 ])
 def test_normalize_rejects(path: str, cwd: str) -> None:
     with pytest.raises(VfsError) as info:
