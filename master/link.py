@@ -25,6 +25,7 @@ import zmq
 
 from common import messages as m, wire, zmqsock
 from common.config import MasterSection
+from common.curve import ClientKeys
 from common.repeating import broker_unreachable
 from master.addresses import numeric_address
 from master.answers import AnswerCallback, RequestFailed, SlaveAnswer, why
@@ -78,8 +79,10 @@ class BrokerLink:
 
     def __init__(self, ioloop: Any, config: MasterSection, registry: SlaveRegistry,
                  vfs: VirtualFS, ctx: zmq.SyncContext | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, keys: ClientKeys | None = None) -> None:
         self.ioloop = ioloop
+        self.keys = keys
+        """The master's CURVE keys (None: no CURVE), for both sockets to the broker."""
         self.config = config
         self.registry = registry
         self.vfs = vfs
@@ -118,9 +121,10 @@ class BrokerLink:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint)
+        dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint, self.keys)
         self._dealer = ZmqReader(self.ioloop, dealer, self._drain_dealer)
-        sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX)
+        sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX,
+                                    self.keys)
         self._sub = ZmqReader(self.ioloop, sub, self._drain_sub)
         self._sweeper = self.ioloop.call_every(SWEEP_S, self._tick, _errback=self._tick_error)
         self._send_hello()

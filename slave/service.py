@@ -30,6 +30,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
+from common.curve import ClientKeys, client_keys
 from common.repeating import broker_unreachable
 from slave.outbox import JobPool, Outbox, checksum_job
 from slave.registration import Due, Registration
@@ -63,7 +64,7 @@ def _version() -> str:
 
 
 class SlaveService:
-    def __init__(self, config: cfgmod.SlaveConfig) -> None:
+    def __init__(self, config: cfgmod.SlaveConfig, keys: ClientKeys | None = None) -> None:
         self.cfg = config.slave
         self.incarnation = uuid.uuid4().hex
         self.started_ns = time.time_ns()
@@ -78,8 +79,8 @@ class SlaveService:
         log.info("%d pooled passive listeners on %s", len(pool), self.cfg.data_bind)
         self.stats = StatsSampler(self.cfg.name, self.incarnation, str(self.storage.root))
         self.ctx = zmqsock.new_context()
-        self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint)
-        self.pub = zmqsock.connected_pub(self.ctx, self.cfg.stats_endpoint)
+        self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint, keys)
+        self.pub = zmqsock.connected_pub(self.ctx, self.cfg.stats_endpoint, keys)
         # The monitor tells us when the DEALER (re)connects: a restarted broker gets our
         # Hello at once instead of after the 5 s silence.
         self.monitor = self.dealer.get_monitor_socket(
@@ -307,6 +308,13 @@ class SlaveService:
                           self.cfg.name, reason)
                 self.exit_status = 1
                 self.stopping = True
+            case m.Disconnect(reason=reason) if reason.startswith("refused"):
+                # Our key is listed under another name: no Hello of ours will ever pass.
+                log.error("broker refused slave %s (%s): the broker lists this key under "
+                          "another name (slave.name must be the key file's name); exiting",
+                          self.cfg.name, reason)
+                self.exit_status = 1
+                self.stopping = True
             case m.Disconnect(reason=reason):
                 log.info("broker says disconnect (%s); saying hello again", reason)
                 now = time.monotonic()
@@ -454,9 +462,12 @@ class SlaveService:
 def run(config_path: str) -> int:
     """Entry point used by `ftpcluster slave --config FILE`; raises ConfigError."""
     config = cfgmod.load(config_path, cfgmod.SlaveConfig)
+    keys = None
+    if config.curve is not None:
+        keys = client_keys(config.curve.secret_key, config.curve.broker_key, config_path)
     logmod.setup(f"slave:{config.slave.name}", config.log.level)
     try:
-        service = SlaveService(config)
+        service = SlaveService(config, keys)
     except StorageRootMissing as exc:
         raise cfgmod.ConfigError(f"{config_path}: key slave.root: {exc} (fix the path, or set "
                                  "create_root = true to create it)") from None
