@@ -156,7 +156,7 @@ class KeyAuthenticator(ThreadAuthenticator):
 
 
 _HANDSHAKE_REASONS: dict[int, str] = {
-    int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): "it does not use CURVE (no key configured?)",
+    int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): "it does not use CURVE (no CURVE key configured?)",
 }
 
 
@@ -226,7 +226,9 @@ class HandshakeWatcher:
                         failed[domain] = _HANDSHAKE_REASONS.get(
                             value, f"CURVE handshake failed (protocol error {value:#x}; wrong broker key?)")
                     elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                        failed[domain] = f"handshake failed ({os.strerror(value) if value else 'no detail'})"
+                        # A peer without CURVE often hangs up first, on seeing our greeting.
+                        failed[domain] = ("it broke off the handshake (no CURVE key configured, or "
+                                          f"the wrong broker key?): {os.strerror(value) if value else '-'}")
                     elif kind == zmq.EVENT_DISCONNECTED:
                         address = peers.pop((domain, value), "")
                         reason = failed.pop(domain, None)
