@@ -31,9 +31,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
 from common.curve import ClientKeys, client_keys
-from common.repeating import broker_unreachable
+from common.repeating import RepeatingWarning, broker_unreachable
 from slave.outbox import JobPool, Outbox, checksum_job
-from slave.registration import Due, Registration
+from slave.registration import REFUSED_RETRY_S, Due, Registration
 from slave.stats import StatsSampler
 from slave.storage import Storage, StorageRootMissing
 from slave.transfers import TransferManager
@@ -51,6 +51,9 @@ MAX_PAGE_BYTES = 2 * 1024 * 1024
 SHUTDOWN_WAIT_S = 5.0
 BYE_LINGER_MS = 1000
 TICK_S = 0.25
+REFUSED_WARN_EVERY_S = 60.0
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 LAZY_STARTED_S = 0.05
 """A lazy_started start's Started waits this long: a transfer that ends sooner (most small
 files) needs none, its TransferDone answers the start (one message less per transfer)."""
@@ -84,7 +87,9 @@ class SlaveService:
         # The monitor tells us when the DEALER (re)connects: a restarted broker gets our
         # Hello at once instead of after the 5 s silence.
         self.monitor = self.dealer.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
+        self.curve = keys is not None
+        self.refused = RepeatingWarning(after=0, every=REFUSED_WARN_EVERY_S)
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -198,6 +203,15 @@ class SlaveService:
                     self.reg.hello_sent(now, self.send_hello())
                 case Due.HEARTBEAT:
                     self.send(m.Heartbeat())
+                case Due.RECONNECT:
+                    # libzmq never retries a refused handshake: a new connection does.
+                    for sock, endpoint in ((self.dealer, self.cfg.broker_endpoint),
+                                           (self.pub, self.cfg.stats_endpoint)):
+                        try:
+                            sock.disconnect(endpoint)
+                        except zmq.ZMQError:
+                            pass  # already gone
+                        sock.connect(endpoint)
                 case _:
                     assert_never(due)
         if now >= self.resend_due:
@@ -275,6 +289,11 @@ class SlaveService:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
+            if event["event"] & HANDSHAKE_FAILED:
+                self.on_refused(event["event"], time.monotonic())
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused.cleared(time.monotonic())
             if self.reg.connection_event(event["event"] == zmq.EVENT_DISCONNECTED):
                 reconnected = True
         if reconnected:
@@ -282,6 +301,22 @@ class SlaveService:
             now = time.monotonic()
             self.reg.start_over(now)
             self.on_timers(now)
+
+    def on_refused(self, event: int, now: float) -> None:
+        """The broker refused our handshake: say why it may be, then retry in a while."""
+        if not self.reg.handshake_failed(now):
+            return
+        if self.refused.holds(now) is None:
+            return
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = ("it does not list this slave's CURVE key (its public key must be "
+                   f"{self.cfg.name}.key in the broker's curve.slave_keys; then SIGHUP the broker)")
+        elif self.curve:
+            why = "CURVE failed: is curve.broker_key the broker's public key, and does the broker use CURVE?"
+        else:
+            why = "the broker uses CURVE and this config has no [curve] section (see `ftpcluster keygen`)"
+        log.error("the broker at %s refused this slave: %s; trying again every %.0f s",
+                  self.cfg.broker_endpoint, why, REFUSED_RETRY_S)
 
     def on_result(self, msg: m.Message) -> None:
         """A worker's result from the Outbox."""

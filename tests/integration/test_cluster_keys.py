@@ -262,18 +262,25 @@ def test_a_listed_key_cannot_take_another_slaves_name(keyed_cluster: Cluster, ct
     c.roles["broker"].signal(signal.SIGHUP)
 
 
-def test_a_slave_process_with_an_unlisted_key_is_refused(cluster_factory, tmp_path: Path) -> None:
+def test_a_slave_process_with_an_unlisted_key_is_refused_until_it_is_listed(cluster_factory,
+                                                                             tmp_path: Path) -> None:
     c = cluster_factory(slaves=1)
     text = c.roles["slave1"].config.read_text()
-    curve.generate(tmp_path / "other", "slave", "slave1")
-    c.roles["slave1"].config.write_text(text.replace(
-        str(c.plan.secret_key("slave", "slave1")), str(tmp_path / "other" / "slaves" / "slave1.key_secret")))
+    other_public, other_secret = curve.generate(tmp_path / "other", "slave", "slave1")
+    c.roles["slave1"].config.write_text(text.replace(str(c.plan.secret_key("slave", "slave1")),
+                                                     str(other_secret)))
     for name in ("broker", "master", "slave1"):
         c.roles[name].start()
     c.wait_banner(30)
-    wait_refused(c, "slave", "127.0.0.1", timeout=20)
+    assert "not listed" in wait_refused(c, "slave", "127.0.0.1", timeout=20)
+    wait_for(lambda: "refused this slave: it does not list this slave's CURVE key"
+             in c.roles["slave1"].log.read_text(), 10, "the slave to say why it is refused")
     time.sleep(1)
     assert c.online() == []
+    # The operator lists the key and reloads: the slave's next try (every 5 s) gets in.
+    c.plan.public_key("slave", "slave1").write_bytes(other_public.read_bytes())
+    c.roles["broker"].signal(signal.SIGHUP)
+    c.wait_online(["slave1"], 20)
 
 
 def test_a_broker_without_curve_refuses_to_listen_off_loopback(tmp_path: Path) -> None:
