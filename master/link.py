@@ -42,6 +42,9 @@ ACK_DELAY_S = 0.05
 """DoneAcks wait this long to go out together (one message for many transfers); the slave
 re-sends an unacknowledged TransferDone only after seconds."""
 ACK_BATCH = 256
+RECONNECT_S = 5.0
+"""With CURVE, not registered: connect to the broker anew this often (a refused handshake is
+never retried by libzmq, and our key may have been listed since)."""
 POOL_RETRY_S = 5.0
 """Dirty pooled passive ports whose ClearPort failed (the slave unreachable, or a transfer
 the master lost track of still holding the port) are tried again this often."""
@@ -115,6 +118,7 @@ class BrokerLink:
         """DoneAcks not sent yet, by slave (see ACK_DELAY_S)."""
         self._ack_call: Any = None
         self._pool_retry_at = 0.0
+        self._reconnected_at = clock()
         self._sweeper: Any = None
         self._closed = False
         self._unreachable = broker_unreachable()
@@ -439,6 +443,9 @@ class BrokerLink:
     def _tick_once(self) -> None:
         now = self.clock()
         self._warn_if_unreachable(now)
+        if self.keys is not None and not self.connected and now - self._reconnected_at >= RECONNECT_S:
+            self._reconnected_at = now
+            self._reconnect()
         silent_limit = self.heartbeat_s * self.liveness
         if self._hello_pending:
             self._send_hello()
@@ -467,6 +474,19 @@ class BrokerLink:
             if pending is not None:
                 self._safe_call(pending.callback, RequestFailed("timeout"))
 
+    def _reconnect(self) -> None:
+        """New connections to the broker: libzmq never retries one whose CURVE handshake the
+        broker refused (our key not listed yet), and a fresh one costs nothing here."""
+        for reader, endpoint in ((self._dealer, self.config.broker_endpoint),
+                                 (self._sub, self.config.stats_endpoint)):
+            if reader is None:
+                continue
+            try:
+                reader.sock.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # no such connection any more
+            reader.sock.connect(endpoint)
+
     def _warn_if_unreachable(self, now: float) -> None:
         if self.connected:
             if (lasted := self._unreachable.cleared(now)) is not None:
@@ -474,8 +494,11 @@ class BrokerLink:
         elif (lasted := self._unreachable.holds(now)) is not None:
             log.warning("cannot reach the broker at %s for %.0f s: check that the broker is "
                         "running and that master.broker_endpoint is its master endpoint "
-                        "(broker.master_endpoint in the broker's config); no slave can be used until then",
-                        self.config.broker_endpoint, lasted)
+                        "(broker.master_endpoint in the broker's config)%s; no slave can be used until then",
+                        self.config.broker_endpoint, lasted,
+                        ", and that the broker lists this master's CURVE key (curve.master_keys) and "
+                        "curve.broker_key is its public key" if self.keys is not None else
+                        ", and whether the broker uses CURVE (this config has no [curve] section)")
 
     def _tick_error(self) -> None:
         log.exception("error in the broker link timer")

@@ -283,6 +283,24 @@ def test_a_slave_process_with_an_unlisted_key_is_refused_until_it_is_listed(clus
     c.wait_online(["slave1"], 20)
 
 
+def test_a_master_process_with_an_unlisted_key_is_refused_until_it_is_listed(cluster_factory,
+                                                                              tmp_path: Path) -> None:
+    c = cluster_factory(slaves=1)
+    text = c.roles["master"].config.read_text()
+    other_public, other_secret = curve.generate(tmp_path / "other", "master", "master")
+    c.roles["master"].config.write_text(text.replace(str(c.plan.secret_key("master", "master")),
+                                                     str(other_secret)))
+    for name in ("broker", "master", "slave1"):
+        c.roles[name].start()
+    c.wait_banner(30)
+    assert "not listed" in wait_refused(c, "master", "127.0.0.1", timeout=20)
+    time.sleep(2)
+    assert c.online() == [] and "registered with the broker" not in c.roles["master"].log.read_text()
+    c.plan.public_key("master", "master").write_bytes(other_public.read_bytes())
+    c.roles["broker"].signal(signal.SIGHUP)
+    c.wait_online(["slave1"], 30)  # the master's next hello (after 5 s of silence) gets in
+
+
 def test_a_broker_without_curve_refuses_to_listen_off_loopback(tmp_path: Path) -> None:
     port = free_ports(1)[0]
     config = tmp_path / "broker.toml"
