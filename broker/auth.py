@@ -43,6 +43,9 @@ DOMAIN_ROLES: dict[str, tuple[str, ...]] = {
 """ZAP domain (= broker socket) -> roles whose keys it admits. A subscriber's key is not
 admitted on stats_in, so it cannot publish stats."""
 REFUSAL_EVERY_S = 60.0
+REFUSAL_PEERS = 4096
+"""Peers RefusalLog remembers; beyond it those quiet for a minute are forgotten (no growth
+without bound from an attacker with many addresses)."""
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -77,6 +80,8 @@ class RefusalLog:
         """A refusal at `now`: how many to report (this one and the unlogged ones before
         it) when a line is due, else None."""
         key = (domain, address, reason)
+        if key not in self._last and len(self._last) >= REFUSAL_PEERS:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.every}
         last = self._last.get(key)
         if last is None or now - last[0] >= self.every:
             self._last[key] = (now, 0)

@@ -100,3 +100,13 @@ def test_without_curve_the_broker_refuses_any_endpoint_off_loopback() -> None:
     reason = curve_refusal(off, curve=False)
     assert reason.startswith("key broker.stats_out_endpoint: refusing to listen on tcp://0.0.0.0:5553 "
                              "without CURVE") and "\n" not in reason
+
+
+def test_the_refusal_log_forgets_quiet_peers_when_full() -> None:
+    from broker import auth
+    log = RefusalLog(every=60)
+    for i in range(auth.REFUSAL_PEERS):
+        log.note("slave", f"10.0.{i // 256}.{i % 256}", "x", now=0.0)
+    assert log.note("slave", "10.9.9.9", "x", now=61.0) == 1
+    assert len(log._last) == 1
+    assert log.note("slave", "10.0.0.0", "x", now=62.0) == 1  # forgotten: logged again
