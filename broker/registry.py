@@ -13,6 +13,9 @@ removed outright, so "unknown" and "dead" are the same thing. Messages for an ab
 master are dropped here (the slave re-sends what matters).
 
 Nothing here trusts the network: unexpected messages get `Disconnect` or are ignored.
+With CURVE the service passes the name the sender's key is listed under (`key_name`): a
+Hello of any other name is refused ("refused: ..."; the slave exits) and journalled for
+the service to log (`take_refusals`), so no key registers or supersedes another's name.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Registry:
         self._names: dict[bytes, str] = {}
         self.master: MasterRecord | None = None
         self._changes: list[m.SlaveUp | m.SlaveDown] = []
+        self._refusals: list[str] = []
 
     # ------------------------------------------------------------ queries
 
@@ -98,6 +102,11 @@ class Registry:
         record = self.slaves.get(name)
         return record is not None and record.incarnation == incarnation
 
+    def take_refusals(self) -> list[str]:
+        """Why slave messages were refused since the last call (for the log), oldest first."""
+        refusals, self._refusals = self._refusals, []
+        return refusals
+
     def take_changes(self) -> list[m.SlaveUp | m.SlaveDown]:
         """Slave up/down transitions since the last call, oldest first."""
         changes, self._changes = self._changes, []
@@ -105,17 +114,26 @@ class Registry:
 
     # ------------------------------------------------------------ slave side
 
-    def from_slave(self, routing_id: bytes, msg: m.Message, now: float) -> list[Send]:
-        """Handle one decoded message that arrived on the slave ROUTER."""
+    def from_slave(self, routing_id: bytes, msg: m.Message, now: float,
+                   key_name: str | None = None) -> list[Send]:
+        """Handle one decoded message that arrived on the slave ROUTER; `key_name`: the name
+        the sender's CURVE key is listed under (None: no CURVE, any name goes)."""
         out: list[Send] = []
         if isinstance(msg, m.Hello):
             if msg.proto != m.PROTOCOL_VERSION:
                 out.append(Send("slave", routing_id, m.Disconnect(
                     reason=f"protocol {msg.proto} unsupported, broker speaks {m.PROTOCOL_VERSION}")))
                 return out
+            refusal = name_refusal(msg.name, key_name)
+            if refusal:
+                self._refusals.append(refusal)
+                out.append(Send("slave", routing_id, m.Disconnect(reason=f"refused: {refusal}")))
+                return out
             self._hello(routing_id, msg, now, out)
             return out
         record = self.slave_by_routing_id(routing_id)
+        if record is not None and key_name is not None and record.name != key_name:
+            record = None  # only the key that registered a name speaks for it
         if record is None:
             if not isinstance(msg, m.Bye):  # a peer that is leaving needs no answer
                 out.append(Send("slave", routing_id, m.Disconnect(reason="not registered")))
@@ -276,3 +294,10 @@ class Registry:
         if record is not None:
             record.last_sent = now
         out.append(Send("slave", routing_id, msg))
+
+
+def name_refusal(hello_name: str, key_name: str | None) -> str:
+    """Why a Hello naming `hello_name` from a key listed as `key_name` is refused, or ""."""
+    if key_name is None or hello_name == key_name:
+        return ""
+    return f"Hello names slave {hello_name!r}, but its key is listed as {key_name!r}"

@@ -11,6 +11,12 @@ valid stats message to its XPUB, and keeps the last one per topic. When the XPUB
 a subscription (XPUB_VERBOSE: b"\\x01" + prefix) the cached stats matching that prefix
 are re-sent, so a late subscriber sees every live slave at once. XPUB sends go to every
 matching subscriber, so earlier subscribers may see a value twice; `seq` tells them.
+
+CURVE ([curve] in the config): every socket is a CURVE server in its own ZAP domain and
+broker.auth admits only listed keys (SIGHUP reloads the key directories). The name a
+slave's key is listed under comes with each of its messages (User-Id) and is handed to
+the registry, which refuses a Hello of any other name; stats from a slave key count only
+for that slave's name. Without CURVE the broker refuses to bind off loopback.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Callable
 
 import zmq
 
+from broker.auth import HandshakeWatcher, KeyAuthenticator, Refusal, Refusals, role_dirs
 from broker.registry import Registry, Send
 from common import log, messages as m, sdnotify, wire, zmqsock
-from common.config import BrokerConfig, BrokerSection, load
+from common.config import BrokerConfig, BrokerCurveSection, BrokerSection, ConfigError, load
+from common.curve import KeyFileError, ServerKeys, endpoint_is_local, server_keys
 
 logger = logging.getLogger("broker")
 
@@ -49,9 +57,12 @@ class CachedStats:
 class Broker:
     """The broker's sockets and loop. `bind()`, then `serve()` until `stop()`, then `close()`."""
 
-    def __init__(self, settings: BrokerSection, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: BrokerSection, clock: Callable[[], float] = time.monotonic,
+                 curve: BrokerCurveSection | None = None, keys: ServerKeys | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.keys = keys if curve is not None else None
+        self.refusals = Refusals()
         self.registry = Registry(settings.heartbeat_ms, settings.liveness)
         self.stats_cache: dict[bytes, CachedStats] = {}
         self.ctx = zmqsock.new_context()
@@ -59,36 +70,65 @@ class Broker:
         self.slave_sock: zmq.SyncSocket | None = None
         self.xsub: zmq.SyncSocket | None = None
         self.xpub: zmq.SyncSocket | None = None
+        self.auth = KeyAuthenticator(self.ctx, role_dirs(curve), self.refusals) if curve else None
+        self.watcher: HandshakeWatcher | None = None
         self._stopping = False
+        self._reload = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
 
     # ------------------------------------------------------------ life cycle
 
+    def load_keys(self) -> dict[str, int]:
+        """Read the key directories (CURVE only); raises KeyFileError. Keys per role."""
+        return self.auth.load() if self.auth is not None else {}
+
     def bind(self) -> None:
-        """Bind all four sockets; raises zmq.ZMQError (e.g. address in use)."""
+        """Bind all four sockets (after starting the ZAP thread, with CURVE); raises
+        zmq.ZMQError (e.g. address in use)."""
         s = self.settings
-        self.master_sock = zmqsock.bound_router(self.ctx, s.master_endpoint)
-        self.slave_sock = zmqsock.bound_router(self.ctx, s.slave_endpoint)
-        self.xsub = zmqsock.bound_xsub(self.ctx, s.stats_in_endpoint)
-        self.xpub = zmqsock.bound_xpub(self.ctx, s.stats_out_endpoint)
+        if self.auth is not None:
+            self.auth.start()
+        keys = self.keys
+        self.master_sock = zmqsock.bound_router(self.ctx, s.master_endpoint, keys, "master")
+        self.slave_sock = zmqsock.bound_router(self.ctx, s.slave_endpoint, keys, "slave")
+        self.xsub = zmqsock.bound_xsub(self.ctx, s.stats_in_endpoint, keys, "stats_in")
+        self.xpub = zmqsock.bound_xpub(self.ctx, s.stats_out_endpoint, keys, "stats_out")
+        if keys is not None:
+            self.watcher = HandshakeWatcher({"master": self.master_sock, "slave": self.slave_sock,
+                                             "stats_in": self.xsub, "stats_out": self.xpub},
+                                            self.refusals)
+            self.watcher.start()
         try:
             self.xsub.send(SUBSCRIBE + wire.STATS_TOPIC_PREFIX, zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # includes zmq.Again
             logger.error("stats: subscribing upstream failed: %s", exc)
-        logger.info("listening: master %s, slaves %s, stats in %s, stats out %s",
-                    s.master_endpoint, s.slave_endpoint, s.stats_in_endpoint, s.stats_out_endpoint)
+        logger.info("listening%s: master %s, slaves %s, stats in %s, stats out %s",
+                    " with CURVE" if keys is not None else " without CURVE", s.master_endpoint,
+                    s.slave_endpoint, s.stats_in_endpoint, s.stats_out_endpoint)
 
     def stop(self) -> None:
         """Ask `serve()` to return; safe from a signal handler (a byte on the self-pipe wakes the poll)."""
         self._stopping = True
+        self._wake()
+
+    def reload_keys(self) -> None:
+        """Ask `serve()` to re-read the key directories; safe from a signal handler."""
+        self._reload = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
         except OSError:
             pass  # pipe full: a wake-up is already pending
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.auth is not None:
+            self.auth.stop()
         for sock in (self.master_sock, self.slave_sock, self.xsub, self.xpub):
             if sock is not None:
                 sock.close(linger=0)
@@ -114,12 +154,16 @@ class Broker:
             ready = dict(poller.poll(timeout_ms))
             if self._wake_r.fileno() in ready:
                 self._drain_wakeups()
+            if self._reload:
+                self._reload = False
+                self._reload_keys()
+            curve = self.keys is not None
             if ready.get(self.slave_sock):
-                zmqsock.drain(self.slave_sock, self._on_slave_frames, DRAIN_LIMIT)
+                zmqsock.drain_from(self.slave_sock, self._on_slave_frames, curve, DRAIN_LIMIT)
             if ready.get(self.master_sock):
                 zmqsock.drain(self.master_sock, self._on_master_frames, DRAIN_LIMIT)
             if ready.get(self.xsub):
-                zmqsock.drain(self.xsub, self._on_stats_frames, DRAIN_LIMIT)
+                zmqsock.drain_from(self.xsub, self._on_stats_frames, curve, DRAIN_LIMIT)
             if ready.get(self.xpub):
                 zmqsock.drain(self.xpub, self._on_subscription, DRAIN_LIMIT)
             now = self.clock()
@@ -128,6 +172,17 @@ class Broker:
                 self._prune_stats(now)
                 next_tick = now + tick_every
         logger.info("stopping")
+
+    def _reload_keys(self) -> None:
+        if self.auth is None:
+            logger.info("SIGHUP: no CURVE configured, no keys to reload")
+            return
+        try:
+            counts = self.auth.load()
+        except KeyFileError as exc:
+            logger.error("reloading the keys failed, keeping the old ones: %s", exc)
+            return
+        logger.info("reloaded the keys: %s", ", ".join(f"{n} {role}" for role, n in counts.items()))
 
     def _drain_wakeups(self) -> None:
         try:
@@ -138,14 +193,16 @@ class Broker:
 
     # ------------------------------------------------------------ inbound
 
-    def _on_slave_frames(self, frames: list[bytes]) -> None:
+    def _on_slave_frames(self, frames: list[bytes], peer: zmqsock.Peer) -> None:
         routing_id = frames[0]
         try:
             msg = wire.decode(frames[1:], wire.SLAVE_TO_BROKER)
         except wire.BadFrame as exc:
             logger.warning("slave %s: dropped bad frame: %s", routing_id.hex(), exc)
             return
-        self._deliver(self.registry.from_slave(routing_id, msg, self.clock()))
+        self._deliver(self.registry.from_slave(routing_id, msg, self.clock(), peer.key_name))
+        for reason in self.registry.take_refusals():
+            self.refusals.report(Refusal("slave", peer.address, reason))
 
     def _on_master_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
@@ -158,11 +215,15 @@ class Broker:
             logger.info("master %s (incarnation %s) connected", routing_id.hex(), msg.incarnation)
         self._deliver(self.registry.from_master(routing_id, msg, self.clock()))
 
-    def _on_stats_frames(self, frames: list[bytes]) -> None:
+    def _on_stats_frames(self, frames: list[bytes], peer: zmqsock.Peer) -> None:
         try:
             stats = wire.decode_stats(frames)
         except wire.BadFrame as exc:
             logger.warning("stats: dropped bad frame: %s", exc)
+            return
+        if peer.key_name is not None and stats.name != peer.key_name:
+            self.refusals.report(Refusal("stats_in", peer.address, (
+                f"stats for slave {stats.name!r} from the key of {peer.key_name!r} dropped")))
             return
         topic = bytes(frames[0])
         self.stats_cache[topic] = CachedStats(frames=[bytes(f) for f in frames], name=stats.name,
@@ -240,14 +301,31 @@ def run(config_path: str) -> int:
     an endpoint that cannot be bound returns 1.
     """
     config = load(config_path, BrokerConfig)
+    refusal = curve_refusal(config.broker, config.curve is not None)
+    if refusal:
+        raise ConfigError(f"{config_path}: {refusal}")
+    keys = None
+    if config.curve is not None:
+        keys = server_keys(config.curve.secret_key, config_path, "curve.secret_key")
     log.setup("broker", config.log.level)
-    broker = Broker(config.broker)
+    broker = Broker(config.broker, curve=config.curve, keys=keys)
+    try:
+        counts = broker.load_keys()
+    except KeyFileError as exc:
+        broker.close()
+        raise ConfigError(f"{config_path}: [curve]: {exc}") from None
+    if counts:
+        logger.info("CURVE keys listed: %s", ", ".join(f"{n} {role}" for role, n in counts.items()))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s", signal.Signals(signum).name)
         broker.stop()
 
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        broker.reload_keys()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     try:
         try:
             broker.bind()
@@ -262,3 +340,16 @@ def run(config_path: str) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         broker.close()
+
+
+def curve_refusal(settings: BrokerSection, curve: bool) -> str:
+    """Why the broker must not start, or "": without CURVE every endpoint must be local
+    (loopback, ipc://, inproc://), since anyone who reaches a port could act as a role."""
+    if curve:
+        return ""
+    for key in ("master_endpoint", "slave_endpoint", "stats_in_endpoint", "stats_out_endpoint"):
+        endpoint = getattr(settings, key)
+        if not endpoint_is_local(endpoint):
+            return (f"key broker.{key}: refusing to listen on {endpoint} without CURVE (add a "
+                    "[curve] section with keys from `ftpcluster keygen`, or listen on 127.0.0.1)")
+    return ""

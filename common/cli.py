@@ -1,4 +1,4 @@
-"""The `ftpcluster` command: one subcommand per role, plus `up`, `stats` and `hash-password`.
+"""The `ftpcluster` command: one subcommand per role, plus `up`, `stats`, `keygen` and `hash-password`.
 
 This is the only place that parses the command line; each role's `run(config)` does the rest.
 """
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--data", metavar="DIR", help="the data directory of an `ftpcluster up` cluster "
                        "(reads DIR/conf/broker.toml; default ./var when it has one, else "
                        "tcp://127.0.0.1:5553)")
+    st.add_argument("--key", metavar="FILE", help="CURVE: this tool's secret key file (from "
+                    "`ftpcluster keygen stats NAME`; default with --data: DIR/keys/stats/stats.key_secret)")
+    st.add_argument("--broker-key", metavar="FILE", help="CURVE: the broker's public key file (broker.key)")
     st.add_argument("--once", action="store_true", help="print one snapshot and exit")
     st.add_argument("--json", action="store_true", help="JSON: one object per stats message (with --once: "
                     "one snapshot object)")
@@ -49,11 +52,18 @@ def main(argv: list[str] | None = None) -> int:
                     "is shown stale (default 5)")
     st.add_argument("--offline-after", type=float, default=15.0, help="seconds without stats before a "
                     "slave is shown offline (default 15)")
+    kg = sub.add_parser("keygen", help="write a CURVE key pair for a role (NAME.key and NAME.key_secret)")
+    kg.add_argument("role", choices=("broker", "master", "slave", "stats"))
+    kg.add_argument("name", nargs="?", help="the slave's name (the broker admits its key for that name "
+                    "only), or a name for a master or stats key (default: the role)")
+    kg.add_argument("--keys", default="./keys", help="keys directory (default ./keys): writes "
+                    "broker.key, master/NAME.key, slaves/NAME.key or stats/NAME.key and the _secret file")
     hp = sub.add_parser("hash-password", help="print a password hash for a [[users]] entry")
     hp.add_argument("password", nargs="?", help="the password (read from stdin when omitted)")
     args = parser.parse_args(argv)
 
     from common.config import ConfigError
+    from common.curve import KeyFileError
 
     try:
         if args.command == "broker":
@@ -72,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stats":
             from common import statstool
             endpoint, source = statstool.find_endpoint(args.endpoint, args.config, args.data)
+            keys = statstool.find_keys(args.key, args.broker_key, args.config, args.data, args.endpoint)
             return statstool.run(endpoint, once=args.once, as_json=args.json, prometheus=args.prometheus,
                                  stale_after=args.stale_after, offline_after=args.offline_after,
-                                 wait=args.wait, source=source)
+                                 wait=args.wait, source=source, keys=keys)
+        if args.command == "keygen":
+            return keygen(args.role, args.name, args.keys)
         if args.command == "hash-password":
             from master.users import hash_password
             password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
@@ -83,12 +96,25 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(hash_password(password))
             return 0
-    except ConfigError as exc:
+    except (ConfigError, KeyFileError) as exc:
         print(f"ftpcluster: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def keygen(role: str, name: str | None, keys: str) -> int:
+    """`ftpcluster keygen`: write the pair, say where and what goes to which host."""
+    from pathlib import Path
+
+    from common.curve import generate
+    public, secret = generate(Path(keys), role, name or role)
+    where = ("every master, slave and stats host (their curve.broker_key)" if role == "broker"
+             else f"the broker's {role} key directory (its curve.{role}_keys)")
+    print(f"wrote {public}: the public key; copy it to {where}")
+    print(f"wrote {secret}: the secret key; keep it on the {role}'s host only (its curve.secret_key)")
+    return 0
 
 
 if __name__ == "__main__":

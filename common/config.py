@@ -54,9 +54,36 @@ class BrokerSection(_Section, frozen=True):
     liveness: Positive = 5
 
 
+class BrokerCurveSection(_Section, frozen=True):
+    """CURVE on every broker socket: its own key pair and one public-key directory per role
+    (each peer's key must be listed there; SIGHUP reloads the directories)."""
+
+    secret_key: str
+    """The broker's secret key file (`ftpcluster keygen broker`: broker.key_secret)."""
+    master_keys: str
+    """Directory of the master's public keys (*.key): admitted on master_endpoint, and as a
+    subscriber on stats_out_endpoint."""
+    slave_keys: str
+    """Directory of slave public keys, each named <slave name>.key: admitted on slave_endpoint
+    (registering that name only) and as a publisher on stats_in_endpoint."""
+    stats_keys: str
+    """Directory of stats subscribers' public keys (`ftpcluster stats`): stats_out only."""
+
+
 class BrokerConfig(_Section, frozen=True):
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    curve: BrokerCurveSection | None = None
+    """None: no CURVE (refused on any endpoint off loopback)."""
+
+
+class ClientCurveSection(_Section, frozen=True):
+    """A master's or a slave's CURVE identity towards the broker."""
+
+    secret_key: str
+    """This role's secret key file (from `ftpcluster keygen`)."""
+    broker_key: str
+    """The broker's public key file (broker.key)."""
 
 
 # ---------------------------------------------------------------- slave
@@ -94,6 +121,7 @@ class SlaveSection(_Section, frozen=True):
 class SlaveConfig(_Section, frozen=True):
     slave: SlaveSection
     log: LogSection = msgspec.field(default_factory=LogSection)
+    curve: ClientCurveSection | None = None
 
 
 # ---------------------------------------------------------------- master
@@ -186,6 +214,7 @@ class MasterConfig(_Section, frozen=True):
     users: list[UserEntry] = msgspec.field(default_factory=list)
     log: LogSection = msgspec.field(default_factory=LogSection)
     placement: PlacementSection = msgspec.field(default_factory=PlacementSection)
+    curve: ClientCurveSection | None = None
 
 
 C = TypeVar("C", BrokerConfig, SlaveConfig, MasterConfig)

@@ -1,7 +1,9 @@
 """`ftpcluster up`: a whole cluster on this machine, in the foreground, as separate processes.
 
 It writes one TOML config per role under DATA/conf (only those that are missing: an existing
-config is the operator's and is used as it is, see `decide_start`), starts the broker, the master and N
+config is the operator's and is used as it is, see `decide_start`) and the CURVE key pairs of
+every role under DATA/keys (missing ones only; see common.curve for the layout), so the
+cluster runs with CURVE on; it starts the broker, the master and N
 slaves (`python -m <role> --config FILE`, logs in DATA/log), prints one line with the FTP
 URL once every slave is online, restarts a role that dies unexpectedly after a back-off
 (1 s doubling to 10 s, as systemd would in a real deployment), and on Ctrl-C or SIGTERM
@@ -142,6 +144,8 @@ class ClusterPlan:
     log_level: str = "info"
     master_extra: dict[str, object] = field(default_factory=dict)
     slave_extra: dict[str, object] = field(default_factory=dict)
+    curve: bool = True
+    """CURVE on every broker socket, with the key pairs under keys_dir."""
 
     def slave_names(self) -> list[str]:
         return [f"slave{i}" for i in range(1, self.slaves + 1)]
@@ -152,6 +156,28 @@ class ClusterPlan:
     @property
     def conf_dir(self) -> Path:
         return self.data / "conf"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data / "keys"
+
+    def key_pairs(self) -> list[tuple[str, str]]:
+        """(role, name) of every key pair the cluster uses: broker, master, each slave, and
+        one for `ftpcluster stats`."""
+        return [("broker", "broker"), ("master", "master"),
+                *(("slave", name) for name in self.slave_names()), ("stats", STATS_KEY_NAME)]
+
+    def secret_key(self, role: str, name: str) -> Path:
+        from common.curve import key_paths
+        return key_paths(self.keys_dir, role, name)[1]
+
+    def public_key(self, role: str, name: str) -> Path:
+        from common.curve import key_paths
+        return key_paths(self.keys_dir, role, name)[0]
+
+    def key_dir(self, role: str) -> Path:
+        from common.curve import ROLE_DIRS
+        return self.keys_dir / ROLE_DIRS[role]
 
     @property
     def log_dir(self) -> Path:
@@ -170,17 +196,34 @@ class ClusterPlan:
                 *((name, "slave") for name in self.slave_names())]
 
 
+STATS_KEY_NAME = "stats"
+"""The key pair `ftpcluster up` makes for `ftpcluster stats` (DATA/keys/stats/stats.key)."""
+
+
 def render_configs(plan: ClusterPlan) -> dict[str, str]:
     """TOML text for every role of `plan`, keyed by process name ("broker", "master", "slaveN")."""
     p = plan.ports
     log = _table("log", {"level": plan.log_level})
+
+    def client_curve(role: str, name: str) -> str:
+        if not plan.curve:
+            return ""
+        return "\n" + _table("curve", {"secret_key": str(plan.secret_key(role, name)),
+                                       "broker_key": str(plan.public_key("broker", "broker"))})
+
+    broker_curve = "\n" + _table("curve", {
+        "secret_key": str(plan.secret_key("broker", "broker")),
+        "master_keys": str(plan.key_dir("master")),
+        "slave_keys": str(plan.key_dir("slave")),
+        "stats_keys": str(plan.key_dir("stats")),
+    }) if plan.curve else ""
     out = {
         "broker": _table("broker", {
             "master_endpoint": p.endpoint("master"),
             "slave_endpoint": p.endpoint("slave"),
             "stats_in_endpoint": p.endpoint("stats_in"),
             "stats_out_endpoint": p.endpoint("stats_out"),
-        }) + "\n" + log,
+        }) + "\n" + log + broker_curve,
     }
     master = {
         "listen_host": plan.ftp_host,
@@ -193,7 +236,8 @@ def render_configs(plan: ClusterPlan) -> dict[str, str]:
     users = "\n".join(_table("users", {"name": u.name, "password_hash": u.password_hash,
                                        "home": u.home, "perms": u.perms}, array=True)
                       for u in plan.users)
-    out["master"] = _table("master", master) + "\n" + log + ("\n" + users if users else "")
+    out["master"] = (_table("master", master) + "\n" + log + client_curve("master", "master")
+                     + ("\n" + users if users else ""))
     for name in plan.slave_names():
         slave = {
             "name": name,
@@ -203,7 +247,7 @@ def render_configs(plan: ClusterPlan) -> dict[str, str]:
             "data_bind": "127.0.0.1",
             **plan.slave_extra,
         }
-        out[name] = _table("slave", slave) + "\n" + log
+        out[name] = _table("slave", slave) + "\n" + log + client_curve("slave", name)
     return out
 
 
@@ -240,6 +284,8 @@ class ExistingConfigs:
     """PORT_FIELDS whose endpoint is not tcp://HOST:PORT: "FILE: key KEY" for the message."""
     listen: tuple[str, int] | None = None
     """master.toml's listen_host and listen_port."""
+    curve: bool | None = None
+    """Whether broker.toml has a [curve] section (None: no broker.toml)."""
 
     @property
     def slave_numbers(self) -> list[int]:
@@ -317,6 +363,7 @@ def read_existing(conf_dir: Path) -> ExistingConfigs:
     ports: dict[str, int] = {}
     unreadable: dict[str, str] = {}
     listen = None
+    curve = None
 
     def note(fieldname: str, endpoint: str, where: str) -> None:
         if fieldname in ports or fieldname in unreadable:
@@ -330,7 +377,9 @@ def read_existing(conf_dir: Path) -> ExistingConfigs:
     broker_path = conf_dir / "broker.toml"
     if broker_path.is_file():
         roles.add("broker")
-        b = load(broker_path, BrokerConfig).broker
+        broker_config = load(broker_path, BrokerConfig)
+        curve = broker_config.curve is not None
+        b = broker_config.broker
         for f in PORT_FIELDS:
             note(f, getattr(b, f"{f}_endpoint"), f"{broker_path}: key broker.{f}_endpoint")
     master_path = conf_dir / "master.toml"
@@ -348,7 +397,7 @@ def read_existing(conf_dir: Path) -> ExistingConfigs:
         note("slave", sl.broker_endpoint, f"{path}: key slave.broker_endpoint")
         note("stats_in", sl.stats_endpoint, f"{path}: key slave.stats_endpoint")
     return ExistingConfigs(conf_dir=conf_dir, roles=frozenset(roles), ports=ports,
-                           unreadable=unreadable, listen=listen)
+                           unreadable=unreadable, listen=listen, curve=curve)
 
 
 # ---------------------------------------------------------------- small I/O helpers
@@ -419,6 +468,8 @@ def write_configs(plan: ClusterPlan, only: Sequence[str] | None = None) -> dict[
     plan.master_state_dir.mkdir(parents=True, exist_ok=True)
     for name in plan.slave_names():
         plan.slave_root(name).mkdir(parents=True, exist_ok=True)
+    if plan.curve:
+        write_keys(plan)
     paths = {}
     for role, text in render_configs(plan).items():
         path = plan.config_path(role)
@@ -426,6 +477,21 @@ def write_configs(plan: ClusterPlan, only: Sequence[str] | None = None) -> dict[
             path.write_text(text)
         paths[role] = path
     return paths
+
+
+def write_keys(plan: ClusterPlan) -> list[Path]:
+    """Make every key pair of `plan` that is missing (existing ones are kept, as configs
+    are); returns the secret key files written now."""
+    from common.curve import generate
+    made = []
+    for role, name in plan.key_pairs():
+        if not plan.secret_key(role, name).exists():
+            made.append(generate(plan.keys_dir, role, name)[1])
+        else:
+            generate(plan.keys_dir, role, name, keep=True)
+    for role in ("master", "slave", "stats"):
+        plan.key_dir(role).mkdir(parents=True, exist_ok=True)
+    return made
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -536,8 +602,10 @@ def run_local_cluster(port: int | None = None, slaves: int | None = None, data: 
     if "master" in decision.write:
         from master.users import hash_password
         users = (User(DEMO_USER, hash_password(DEMO_PASSWORD)),)
+    # CURVE on, unless an existing broker.toml (the operator's) runs without it: then the
+    # configs written now must not use it either.
     plan = ClusterPlan(data=data_dir, ftp_host=host, ftp_port=port, slaves=slaves,
-                       ports=decision.ports, users=users)
+                       ports=decision.ports, users=users, curve=existing.curve is not False)
     paths = write_configs(plan, only=decision.write)
     for notice in decision.notices:
         _say(notice)

@@ -6,6 +6,10 @@ almost at once), a poll loop with a short tick so that staleness shows even when
 arrives, and the outputs: a live rich table (default), `--once` (one snapshot, then
 exit), `--json` (one JSON object per line) and `--prometheus HOST:PORT` (a /metrics
 endpoint served from a thread, reading the board under a lock).
+
+With CURVE the tool subscribes with a key of its own (`find_keys`: --key and --broker-key,
+or the stats key `ftpcluster up` made in its data directory); the broker admits it on the
+stats feed only, so it can read stats but never publish any.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import zmq
 
 from common import wire, zmqsock
 from common.config import BrokerConfig, ConfigError, MasterConfig, load
+from common.curve import ClientKeys, KeyFileError, key_paths, read_pair, read_public
 from common.statsview import OFFLINE_AFTER_S, STALE_AFTER_S, StatsBoard, prometheus_samples, render_table
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5553"
@@ -72,6 +77,53 @@ def find_endpoint(endpoint: str | None = None, config: str | None = None,
     return DEFAULT_ENDPOINT, f"the default endpoint; no {broker}"
 
 
+def find_keys(key: str | None = None, broker_key: str | None = None, config: str | None = None,
+              data: str | None = None, endpoint: str | None = None) -> ClientKeys | None:
+    """The CURVE keys to subscribe with, or None (no CURVE): --key and --broker-key (both or
+    neither); else, without --endpoint, from the cluster whose config is used: a broker
+    config's [curve] (its key pair gives the broker's public key; --key is then needed), a
+    master config's [curve] (the master's own keys), or an `ftpcluster up` data directory
+    whose broker.toml has [curve] (DATA/keys/stats/stats.key_secret). Raises ConfigError."""
+    if (key is None) != (broker_key is None):
+        raise ConfigError("--key and --broker-key go together (this tool's secret key file "
+                          "and the broker's public key file)")
+    if key is not None and broker_key is not None:
+        return _keys(Path(key), Path(broker_key), "--key", "--broker-key")
+    if endpoint:
+        return None
+    if config is None:
+        broker = Path(data or DEFAULT_DATA) / "conf" / "broker.toml"
+        if not broker.is_file() or load(broker, BrokerConfig).curve is None:
+            return None
+        keys_dir = broker.parent.parent / "keys"
+        secret = key_paths(keys_dir, "stats", "stats")[1]
+        return _keys(secret, key_paths(keys_dir, "broker", "broker")[0], str(secret), str(broker))
+    raw = tomllib.loads(Path(config).read_text())
+    if "broker" in raw:
+        curve = load(config, BrokerConfig).curve
+        if curve is None:
+            return None
+        raise ConfigError(f"{config}: has [curve]: give this tool's key with --key FILE "
+                          f"--broker-key FILE (the broker's public key, next to {curve.secret_key})")
+    master = load(config, MasterConfig).curve
+    if master is None:
+        return None
+    return _keys(Path(master.secret_key), Path(master.broker_key), f"{config}: key curve.secret_key",
+                 f"{config}: key curve.broker_key")
+
+
+def _keys(secret: Path, broker: Path, secret_origin: str, broker_origin: str) -> ClientKeys:
+    try:
+        public, secret_key = read_pair(secret)
+    except KeyFileError as exc:
+        raise ConfigError(f"{secret_origin}: {exc}" if secret_origin != str(secret) else str(exc)) from None
+    try:
+        server = read_public(broker)
+    except KeyFileError as exc:
+        raise ConfigError(f"{broker_origin}: {exc}") from None
+    return ClientKeys(public=public, secret=secret_key, server=server)
+
+
 def parse_hostport(text: str) -> tuple[str, int]:
     """"HOST:PORT" or ":PORT" -> (host, port); raises ValueError."""
     host, sep, port = text.rpartition(":")
@@ -83,9 +135,9 @@ def parse_hostport(text: str) -> tuple[str, int]:
 class StatsFeed:
     """A SUB socket on the stats XPUB; `poll(timeout)` yields decoded SlaveStats."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, keys: ClientKeys | None = None) -> None:
         self.ctx = zmqsock.new_context()
-        self.sock = zmqsock.connected_sub(self.ctx, endpoint, wire.STATS_TOPIC_PREFIX)
+        self.sock = zmqsock.connected_sub(self.ctx, endpoint, wire.STATS_TOPIC_PREFIX, keys)
         self.bad_frames = 0
 
     def poll(self, timeout_s: float) -> Iterator[Any]:
@@ -133,7 +185,7 @@ def serve_prometheus(board: StatsBoard, lock: threading.Lock, host: str, port: i
 
 def run(endpoint: str, *, once: bool = False, as_json: bool = False, prometheus: str = "",
         stale_after: float = STALE_AFTER_S, offline_after: float = OFFLINE_AFTER_S,
-        wait: float = ONCE_WAIT_S, source: str = "") -> int:
+        wait: float = ONCE_WAIT_S, source: str = "", keys: ClientKeys | None = None) -> int:
     """The `ftpcluster stats` loop; returns the exit code (`once`: 1 when no stats arrived).
     `source` says where `endpoint` came from (for the error line)."""
     from rich.console import Console
@@ -152,7 +204,7 @@ def run(endpoint: str, *, once: bool = False, as_json: bool = False, prometheus:
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    feed = StatsFeed(endpoint)
+    feed = StatsFeed(endpoint, keys)
     server = None
     live = None
     try:

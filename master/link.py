@@ -25,6 +25,7 @@ import zmq
 
 from common import messages as m, wire, zmqsock
 from common.config import MasterSection
+from common.curve import ClientKeys
 from common.repeating import broker_unreachable
 from master.addresses import numeric_address
 from master.answers import AnswerCallback, RequestFailed, SlaveAnswer, why
@@ -41,6 +42,9 @@ ACK_DELAY_S = 0.05
 """DoneAcks wait this long to go out together (one message for many transfers); the slave
 re-sends an unacknowledged TransferDone only after seconds."""
 ACK_BATCH = 256
+RECONNECT_S = 5.0
+"""With CURVE, not registered: connect to the broker anew this often (a refused handshake is
+never retried by libzmq, and our key may have been listed since)."""
 POOL_RETRY_S = 5.0
 """Dirty pooled passive ports whose ClearPort failed (the slave unreachable, or a transfer
 the master lost track of still holding the port) are tried again this often."""
@@ -78,8 +82,10 @@ class BrokerLink:
 
     def __init__(self, ioloop: Any, config: MasterSection, registry: SlaveRegistry,
                  vfs: VirtualFS, ctx: zmq.SyncContext | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, keys: ClientKeys | None = None) -> None:
         self.ioloop = ioloop
+        self.keys = keys
+        """The master's CURVE keys (None: no CURVE), for both sockets to the broker."""
         self.config = config
         self.registry = registry
         self.vfs = vfs
@@ -112,15 +118,17 @@ class BrokerLink:
         """DoneAcks not sent yet, by slave (see ACK_DELAY_S)."""
         self._ack_call: Any = None
         self._pool_retry_at = 0.0
+        self._reconnected_at = clock()
         self._sweeper: Any = None
         self._closed = False
         self._unreachable = broker_unreachable()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint)
+        dealer = zmqsock.connected_dealer(self._ctx, self.config.broker_endpoint, self.keys)
         self._dealer = ZmqReader(self.ioloop, dealer, self._drain_dealer)
-        sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX)
+        sub = zmqsock.connected_sub(self._ctx, self.config.stats_endpoint, wire.STATS_TOPIC_PREFIX,
+                                    self.keys)
         self._sub = ZmqReader(self.ioloop, sub, self._drain_sub)
         self._sweeper = self.ioloop.call_every(SWEEP_S, self._tick, _errback=self._tick_error)
         self._send_hello()
@@ -435,6 +443,9 @@ class BrokerLink:
     def _tick_once(self) -> None:
         now = self.clock()
         self._warn_if_unreachable(now)
+        if self.keys is not None and not self.connected and now - self._reconnected_at >= RECONNECT_S:
+            self._reconnected_at = now
+            self._reconnect()
         silent_limit = self.heartbeat_s * self.liveness
         if self._hello_pending:
             self._send_hello()
@@ -463,6 +474,19 @@ class BrokerLink:
             if pending is not None:
                 self._safe_call(pending.callback, RequestFailed("timeout"))
 
+    def _reconnect(self) -> None:
+        """New connections to the broker: libzmq never retries one whose CURVE handshake the
+        broker refused (our key not listed yet), and a fresh one costs nothing here."""
+        for reader, endpoint in ((self._dealer, self.config.broker_endpoint),
+                                 (self._sub, self.config.stats_endpoint)):
+            if reader is None:
+                continue
+            try:
+                reader.sock.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # no such connection any more
+            reader.sock.connect(endpoint)
+
     def _warn_if_unreachable(self, now: float) -> None:
         if self.connected:
             if (lasted := self._unreachable.cleared(now)) is not None:
@@ -470,8 +494,11 @@ class BrokerLink:
         elif (lasted := self._unreachable.holds(now)) is not None:
             log.warning("cannot reach the broker at %s for %.0f s: check that the broker is "
                         "running and that master.broker_endpoint is its master endpoint "
-                        "(broker.master_endpoint in the broker's config); no slave can be used until then",
-                        self.config.broker_endpoint, lasted)
+                        "(broker.master_endpoint in the broker's config)%s; no slave can be used until then",
+                        self.config.broker_endpoint, lasted,
+                        ", and that the broker lists this master's CURVE key (curve.master_keys) and "
+                        "curve.broker_key is its public key" if self.keys is not None else
+                        ", and whether the broker uses CURVE (this config has no [curve] section)")
 
     def _tick_error(self) -> None:
         log.exception("error in the broker link timer")

@@ -25,6 +25,7 @@ from pyftpdlib.servers import FTPServer
 
 from common import log as common_log, sdnotify
 from common.config import ConfigError, MasterConfig, UserEntry, load
+from common.curve import client_keys
 from common.repeating import RepeatingWarning
 from master.cluster import Cluster
 from master.handler import build_handler
@@ -74,6 +75,9 @@ def run(config_path: str) -> int:
         print(refusal, file=sys.stderr)
         return 2
 
+    keys = None
+    if config.curve is not None:
+        keys = client_keys(config.curve.secret_key, config.curve.broker_key, config_path)
     try:
         # Users first: a bad entry stops the master with one line before any file is created.
         authorizer = ClusterAuthorizer(list(config.users))
@@ -84,7 +88,7 @@ def run(config_path: str) -> int:
     vfs = VirtualFS(str(state_dir / "vfs.sqlite3"))
     ioloop = IOLoop()
     registry = SlaveRegistry()
-    link = BrokerLink(ioloop, section, registry, vfs)
+    link = BrokerLink(ioloop, section, registry, vfs, keys=keys)
     waker = Waker(ioloop)
     cluster = Cluster(config=section, vfs=vfs, registry=registry, link=link, ioloop=ioloop,
                       waker=waker, relayed=RelayCounter(), placement=Placement(config.placement),

@@ -3,7 +3,9 @@
 Welcomed or not; when to say Hello (at once on a (re)connect or a Disconnect, then every
 HELLO_RETRY_S until welcomed, or HELLO_RETRY_UNSENT_S while no connection takes it); when to
 send a Heartbeat (after heartbeat_s of our own silence); when the broker counts as gone
-(liveness x heartbeat_s without a word from it). The service carries out what `tick` says.
+(liveness x heartbeat_s without a word from it); when to connect again after the broker
+refused our handshake (a CURVE key it does not list: libzmq never retries such a
+connection by itself). The service carries out what `tick` says.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ HELLO_RETRY_S = 2.0
 """Hello again after this long without a Welcome (the broker may have missed it)."""
 HELLO_RETRY_UNSENT_S = 0.25
 """No connection took the Hello (zmq.Again): try again soon."""
+REFUSED_RETRY_S = 5.0
+"""After a refused handshake, connect again this long later (the key may be listed by then)."""
 
 
 class Due(enum.Enum):
@@ -22,6 +26,8 @@ class Due(enum.Enum):
     HELLO = "hello"
     """Say Hello now; report with hello_sent()."""
     HEARTBEAT = "heartbeat"
+    RECONNECT = "reconnect"
+    """The broker refused our handshake a while ago: drop that endpoint and connect again."""
 
 
 class Registration:
@@ -36,6 +42,7 @@ class Registration:
         """The last Hello went into a connection's queue (else it must go again at once when
         a connection comes up)."""
         self.lost_connection = False
+        self.reconnect_due: float | None = None
 
     # -- what happened
     def received(self, now: float) -> None:
@@ -69,6 +76,13 @@ class Registration:
             return True
         return False
 
+    def handshake_failed(self, now: float) -> bool:
+        """The broker refused our handshake; True unless a reconnect is already pending."""
+        if self.reconnect_due is not None:
+            return False
+        self.reconnect_due = now + REFUSED_RETRY_S
+        return True
+
     def hello_sent(self, now: float, queued: bool) -> None:
         self.hello_queued = queued
         self.hello_due = now + (HELLO_RETRY_S if queued else HELLO_RETRY_UNSENT_S)
@@ -80,6 +94,9 @@ class Registration:
     def tick(self, now: float) -> list[Due]:
         """What is due at `now`, in order."""
         due: list[Due] = []
+        if self.reconnect_due is not None and now >= self.reconnect_due:
+            self.reconnect_due = None
+            due.append(Due.RECONNECT)
         if self.welcomed and now - self.last_recv > self.heartbeat_s * self.liveness:
             self.start_over(now)
             due.append(Due.BROKER_SILENT)
@@ -91,6 +108,8 @@ class Registration:
 
     def deadlines(self) -> list[float]:
         """When tick() may next have something to say."""
+        later = [self.reconnect_due] if self.reconnect_due is not None else []
         if self.welcomed:
-            return [self.last_send + self.heartbeat_s, self.last_recv + self.heartbeat_s * self.liveness]
-        return [self.hello_due]
+            return [self.last_send + self.heartbeat_s, self.last_recv + self.heartbeat_s * self.liveness,
+                    *later]
+        return [self.hello_due, *later]

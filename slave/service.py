@@ -30,9 +30,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
-from common.repeating import broker_unreachable
+from common.curve import ClientKeys, client_keys
+from common.repeating import RepeatingWarning, broker_unreachable
 from slave.outbox import JobPool, Outbox, checksum_job
-from slave.registration import Due, Registration
+from slave.registration import REFUSED_RETRY_S, Due, Registration
 from slave.stats import StatsSampler
 from slave.storage import Storage, StorageRootMissing
 from slave.transfers import TransferManager
@@ -50,6 +51,9 @@ MAX_PAGE_BYTES = 2 * 1024 * 1024
 SHUTDOWN_WAIT_S = 5.0
 BYE_LINGER_MS = 1000
 TICK_S = 0.25
+REFUSED_WARN_EVERY_S = 60.0
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 LAZY_STARTED_S = 0.05
 """A lazy_started start's Started waits this long: a transfer that ends sooner (most small
 files) needs none, its TransferDone answers the start (one message less per transfer)."""
@@ -63,7 +67,7 @@ def _version() -> str:
 
 
 class SlaveService:
-    def __init__(self, config: cfgmod.SlaveConfig) -> None:
+    def __init__(self, config: cfgmod.SlaveConfig, keys: ClientKeys | None = None) -> None:
         self.cfg = config.slave
         self.incarnation = uuid.uuid4().hex
         self.started_ns = time.time_ns()
@@ -78,12 +82,14 @@ class SlaveService:
         log.info("%d pooled passive listeners on %s", len(pool), self.cfg.data_bind)
         self.stats = StatsSampler(self.cfg.name, self.incarnation, str(self.storage.root))
         self.ctx = zmqsock.new_context()
-        self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint)
-        self.pub = zmqsock.connected_pub(self.ctx, self.cfg.stats_endpoint)
+        self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint, keys)
+        self.pub = zmqsock.connected_pub(self.ctx, self.cfg.stats_endpoint, keys)
         # The monitor tells us when the DEALER (re)connects: a restarted broker gets our
         # Hello at once instead of after the 5 s silence.
         self.monitor = self.dealer.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
+        self.curve = keys is not None
+        self.refused = RepeatingWarning(after=0, every=REFUSED_WARN_EVERY_S)
         self.poller = zmq.Poller()
         self.poller.register(self.dealer, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -197,6 +203,15 @@ class SlaveService:
                     self.reg.hello_sent(now, self.send_hello())
                 case Due.HEARTBEAT:
                     self.send(m.Heartbeat())
+                case Due.RECONNECT:
+                    # libzmq never retries a refused handshake: a new connection does.
+                    for sock, endpoint in ((self.dealer, self.cfg.broker_endpoint),
+                                           (self.pub, self.cfg.stats_endpoint)):
+                        try:
+                            sock.disconnect(endpoint)
+                        except zmq.ZMQError:
+                            pass  # already gone
+                        sock.connect(endpoint)
                 case _:
                     assert_never(due)
         if now >= self.resend_due:
@@ -274,6 +289,11 @@ class SlaveService:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
+            if event["event"] & HANDSHAKE_FAILED:
+                self.on_refused(event["event"], time.monotonic())
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused.cleared(time.monotonic())
             if self.reg.connection_event(event["event"] == zmq.EVENT_DISCONNECTED):
                 reconnected = True
         if reconnected:
@@ -281,6 +301,22 @@ class SlaveService:
             now = time.monotonic()
             self.reg.start_over(now)
             self.on_timers(now)
+
+    def on_refused(self, event: int, now: float) -> None:
+        """The broker refused our handshake: say why it may be, then retry in a while."""
+        if not self.reg.handshake_failed(now):
+            return
+        if self.refused.holds(now) is None:
+            return
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = ("it does not list this slave's CURVE key (its public key must be "
+                   f"{self.cfg.name}.key in the broker's curve.slave_keys; then SIGHUP the broker)")
+        elif self.curve:
+            why = "CURVE failed: is curve.broker_key the broker's public key, and does the broker use CURVE?"
+        else:
+            why = "the broker uses CURVE and this config has no [curve] section (see `ftpcluster keygen`)"
+        log.error("the broker at %s refused this slave: %s; trying again every %.0f s",
+                  self.cfg.broker_endpoint, why, REFUSED_RETRY_S)
 
     def on_result(self, msg: m.Message) -> None:
         """A worker's result from the Outbox."""
@@ -304,6 +340,13 @@ class SlaveService:
                 # Another process of this name is registered and newer: saying Hello again
                 # would only fight it. Exit; the service manager's restart back-off decides.
                 log.error("broker refused slave %s (%s): another process uses this name; exiting",
+                          self.cfg.name, reason)
+                self.exit_status = 1
+                self.stopping = True
+            case m.Disconnect(reason=reason) if reason.startswith("refused"):
+                # Our key is listed under another name: no Hello of ours will ever pass.
+                log.error("broker refused slave %s (%s): the broker lists this key under "
+                          "another name (slave.name must be the key file's name); exiting",
                           self.cfg.name, reason)
                 self.exit_status = 1
                 self.stopping = True
@@ -454,9 +497,12 @@ class SlaveService:
 def run(config_path: str) -> int:
     """Entry point used by `ftpcluster slave --config FILE`; raises ConfigError."""
     config = cfgmod.load(config_path, cfgmod.SlaveConfig)
+    keys = None
+    if config.curve is not None:
+        keys = client_keys(config.curve.secret_key, config.curve.broker_key, config_path)
     logmod.setup(f"slave:{config.slave.name}", config.log.level)
     try:
-        service = SlaveService(config)
+        service = SlaveService(config, keys)
     except StorageRootMissing as exc:
         raise cfgmod.ConfigError(f"{config_path}: key slave.root: {exc} (fix the path, or set "
                                  "create_root = true to create it)") from None

@@ -1,7 +1,7 @@
 """A real cluster for integration tests: broker, master and N slaves as separate processes.
 
 `Cluster` writes the configs (with `common.launcher.render_configs`, free ports, data under
-tmp_path), starts every role as `python -m <role> --config FILE` with its output in
+tmp_path; CURVE on, as `ftpcluster up` runs, unless curve=False), starts every role as `python -m <role> --config FILE` with its output in
 tmp_path/.../log/<role>.log, waits for readiness by polling (the 220 banner, then
 `SITE SLAVES` showing every slave online) with a deadline, and always tears everything
 down (SIGTERM, then SIGKILL). The tail of every role's log is attached to a failing test's
@@ -108,13 +108,14 @@ class Cluster:
     """Broker, master and `slaves` slaves on free ports under `base` (see the module doc)."""
 
     def __init__(self, base: Path, slaves: int = 2, *, master_extra: dict | None = None,
-                 slave_extra: dict | None = None, log_level: str = "info") -> None:
+                 slave_extra: dict | None = None, log_level: str = "info", curve: bool = True) -> None:
         *bp, self.ftp_port = launcher.free_ports(5)  # four broker ports and the FTP port, distinct
         self.plan = ClusterPlan(
             data=base, ftp_host="127.0.0.1", ftp_port=self.ftp_port, slaves=slaves,
             ports=BrokerPorts.of(bp),
             users=(User(ADMIN_USER, password_hash(ADMIN_PASSWORD)),),
-            log_level=log_level, master_extra=master_extra or {}, slave_extra=slave_extra or {})
+            log_level=log_level, master_extra=master_extra or {}, slave_extra=slave_extra or {},
+            curve=curve)
         paths = launcher.write_configs(self.plan)
         self.roles = {name: RoleProcess(name, module, paths[name], self.plan.log_dir / f"{name}.log")
                       for name, module in self.plan.roles()}
@@ -240,6 +241,15 @@ class Cluster:
             ftp.close()
             raise
         return ftp
+
+    def stats_args(self) -> list[str]:
+        """`ftpcluster stats` options for this cluster's feed: its endpoint and, with CURVE,
+        the stats key the cluster made."""
+        args = ["--endpoint", self.plan.ports.endpoint("stats_out")]
+        if self.plan.curve:
+            args += ["--key", str(self.plan.secret_key("stats", launcher.STATS_KEY_NAME)),
+                     "--broker-key", str(self.plan.public_key("broker", "broker"))]
+        return args
 
     @property
     def url(self) -> str:

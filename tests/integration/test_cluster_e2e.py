@@ -433,6 +433,8 @@ def test_ftpcluster_up_smoke(tmp_path, up_factory):
                     cwd=REPO, data=tmp_path / "var")
     url_line = up.expect("is up with 2 slaves", 45)
     assert url_line == f"ftpcluster: ftp://demo:demo@127.0.0.1:{port}/ is up with 2 slaves"
+    assert "listening with CURVE" in (tmp_path / "var" / "log" / "broker.log").read_text()
+    assert (tmp_path / "var" / "keys" / "slaves" / "slave2.key").is_file()
     data = os.urandom(3 << 20)
     with ftplib.FTP() as ftp:
         ftp.trust_server_pasv_ipv4_address = True
@@ -491,6 +493,8 @@ def test_up_keeps_edited_configs_across_restarts(tmp_path, up_factory):
     assert first.stop() == 0
     before = {p.name: p.read_text() for p in conf.glob("*.toml")}
     assert sorted(before) == ["broker.toml", "master.toml", "slave1.toml"]
+    keys_before = {p: p.read_bytes() for p in (data / "keys").rglob("*") if p.is_file()}
+    assert len(keys_before) == 8  # broker, master, slave1, stats: public and secret each
 
     # The operator adds a user and changes an option, as the README says.
     master = conf / "master.toml"
@@ -511,6 +515,8 @@ def test_up_keeps_edited_configs_across_restarts(tmp_path, up_factory):
     after = {p.name: p.read_text() for p in conf.glob("*.toml")}
     assert after == before | {"master.toml": edited, "slave2.toml": after["slave2.toml"]}
     assert after["slave2.toml"].replace("slave2", "slave1") == before["slave1.toml"]  # same broker ports
+    assert all(p.read_bytes() == key for p, key in keys_before.items()), "keys are kept, like configs"
+    assert (data / "keys" / "slaves" / "slave2.key_secret").is_file()
     with ftplib.FTP() as ftp:
         ftp.trust_server_pasv_ipv4_address = True
         ftp.connect("127.0.0.1", port, timeout=30)

@@ -29,8 +29,7 @@ def add_master_toml(cluster: Cluster, text: str) -> None:
 
 
 def stats_cmd(cluster: Cluster, *args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli", "stats",
-            "--endpoint", cluster.plan.ports.endpoint("stats_out"), *args]
+    return [sys.executable, "-m", "common.cli", "stats", *cluster.stats_args(), *args]
 
 
 def slave_fields(cluster: Cluster) -> dict[str, dict[str, str]]:

@@ -37,8 +37,7 @@ class StatsEvents:
 
     def __init__(self, cluster: Cluster) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "stats", "--json",
-             "--endpoint", cluster.plan.ports.endpoint("stats_out")],
+            [sys.executable, "-m", "common.cli", "stats", "--json", *cluster.stats_args()],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: list[dict[str, Any]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -38,7 +38,7 @@ def test_unit_promises(name: str) -> None:
     assert {"broker": "", "master": "/var/lib/ftpcluster/master", "slave": "/srv/ftpcluster/%i"}[role] == writable
     if role == "slave":
         assert "/etc/ftpcluster/slave-%i.toml" in service["ExecStart"]
-    if role == "master":
+    if role in ("master", "broker"):
         assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 

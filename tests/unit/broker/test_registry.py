@@ -269,3 +269,45 @@ def test_hello_with_another_protocol_version_is_refused() -> None:
     assert [type(s.msg) for s in out] == [m.Disconnect]
     assert "protocol" in out[0].msg.reason
     assert "s1" not in reg.slaves
+
+
+# ---------------------------------------------------------------- names bound to CURVE keys
+
+@pytest.mark.parametrize("hello_name, key_name, registered", [
+    ("s1", None, True),   # no CURVE: any name goes
+    ("s1", "s1", True),   # the name its key is listed under
+    ("s1", "s2", False),  # another slave's name
+    ("s2", "s1", False),
+])
+def test_a_hello_must_carry_the_name_its_key_is_listed_under(reg: Registry, hello_name: str,
+                                                             key_name: str | None, registered: bool) -> None:
+    sends = reg.from_slave(S1, hello(hello_name), now=1.0, key_name=key_name)
+    if registered:
+        assert to_slave(sends, S1) == [m.Welcome(heartbeat_ms=1000, liveness=5)]
+        assert reg.take_refusals() == []
+        assert hello_name in reg.slaves
+        return
+    assert to_slave(sends, S1) == [m.Disconnect(
+        reason=f"refused: Hello names slave {hello_name!r}, but its key is listed as {key_name!r}")]
+    assert to_master(sends) == [] and reg.slaves == {} and reg.take_changes() == []
+    assert reg.take_refusals() == [f"Hello names slave {hello_name!r}, but its key is listed as {key_name!r}"]
+    assert reg.take_refusals() == []
+
+
+def test_a_listed_key_cannot_supersede_another_slave(reg: Registry) -> None:
+    reg.from_slave(S1, hello("s1", "inc-real"), now=1.0, key_name="s1")
+    reg.take_changes()
+    impostor = m.Hello(name="s1", incarnation="inc-zz", data_host="10.6.6.6", max_transfers=8,
+                       started_ns=10**19)
+    sends = reg.from_slave(S2, impostor, now=2.0, key_name="s2")
+    assert [type(x) for x in to_slave(sends, S2)] == [m.Disconnect]
+    assert to_slave(sends, S1) == [] and to_master(sends) == []
+    assert reg.slaves["s1"].incarnation == "inc-real" and reg.slaves["s1"].routing_id == S1
+    assert reg.take_changes() == []
+
+
+def test_only_the_key_that_registered_a_name_speaks_for_it(reg: Registry) -> None:
+    reg.from_slave(S1, hello("s1"), now=1.0, key_name="s1")
+    sends = reg.from_slave(S1, m.Heartbeat(), now=2.0, key_name="s2")
+    assert to_slave(sends, S1) == [m.Disconnect(reason="not registered")]
+    assert reg.slaves["s1"].last_seen == 1.0

@@ -184,3 +184,54 @@ def test_slave_passive_pool_bounds(tmp_path, value):
     message = error_for(tmp_path, f'[slave]\nname = "s1"\nroot = "/x"\npassive_pool = {value}\n',
                         SlaveConfig)
     assert "key slave.passive_pool:" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- CURVE keys
+
+CLIENT_CURVE = '[curve]\nsecret_key = "k.key_secret"\nbroker_key = "broker.key"\n'
+
+
+@pytest.mark.parametrize(("kind", "text", "key", "what"), [
+    (BrokerConfig, '[curve]\nsecret_key = "b"\nmaster_keys = "m"\nslave_keys = "s"\n', "curve.stats_keys",
+     "required key is missing"),
+    (BrokerConfig, '[curve]\nsecret_key = "b"\nmaster_keys = "m"\nslave_keys = "s"\nstats_keys = "t"\n'
+     'client_keys = "c"\n', "curve.client_keys", "unknown key"),
+    (SlaveConfig, '[slave]\nname = "s1"\nroot = "/x"\n[curve]\nsecret_key = "k"\n', "curve.broker_key",
+     "required key is missing"),
+    (MasterConfig, CLIENT_CURVE + 'public_key = "p"\n', "curve.public_key", "unknown key"),
+])
+def test_curve_sections_are_checked_like_every_other(tmp_path, kind, text, key, what):
+    message = error_for(tmp_path, text, kind)
+    assert f"key {key}:" in message and what in message
+
+
+def test_no_curve_section_means_no_curve():
+    assert config.loads("", BrokerConfig).curve is None
+    assert config.loads("", MasterConfig).curve is None
+    assert config.loads(CLIENT_CURVE, MasterConfig).curve == config.ClientCurveSection(
+        secret_key="k.key_secret", broker_key="broker.key")
+
+
+def test_key_files_that_cannot_be_used_are_one_line_naming_file_and_key(tmp_path):
+    from common import curve
+
+    public, secret = curve.generate(tmp_path, "slave", "s1")
+    broker_public, _ = curve.generate(tmp_path, "broker", "broker")
+    assert curve.client_keys(str(secret), str(broker_public), "s.toml").server == curve.read_public(broker_public)
+    junk = tmp_path / "junk"
+    junk.write_text("hello\n")
+    cases = [
+        ((str(tmp_path / "nope"), str(broker_public)), "key curve.secret_key: ", "cannot read: No such file"),
+        ((str(public), str(broker_public)), "key curve.secret_key: ", "no valid secret-key line"),
+        ((str(junk), str(broker_public)), "key curve.secret_key: ", "not a key file"),
+        ((str(tmp_path), str(broker_public)), "key curve.secret_key: ", "is a directory"),
+        ((str(secret), str(tmp_path / "nope.key")), "key curve.broker_key: ", "cannot read"),
+    ]
+    for args, key, problem in cases:
+        with pytest.raises(ConfigError) as info:
+            curve.client_keys(*args, "s.toml")
+        message = str(info.value)
+        assert message.startswith(f"s.toml: {key}") and problem in message and "\n" not in message, message
+    with pytest.raises(ConfigError) as info:
+        curve.server_keys(str(broker_public), "b.toml", "curve.secret_key")
+    assert str(info.value).startswith("b.toml: key curve.secret_key: ")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common import config, launcher
+from common import config, curve, launcher
 from common.launcher import BrokerPorts, ClusterPlan, User
 
 FAKE_HASH = "scrypt$16384$8$1$c2FsdC1zYWx0LXNhbHQtIQ==$aGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGhoaGg="
@@ -238,3 +238,37 @@ def test_endpoint_port():
     assert launcher.endpoint_port("tcp://*:6001") == 6001
     assert launcher.endpoint_port("ipc:///run/x") is None
     assert launcher.endpoint_port("tcp://127.0.0.1:99999") is None
+
+
+def test_up_configs_run_with_curve_and_the_keys_of_every_role(tmp_path):
+    p = plan(tmp_path, slaves=2)
+    paths = launcher.write_configs(p)
+    broker = config.load(paths["broker"], config.BrokerConfig)
+    assert broker.curve is not None
+    assert broker.curve.slave_keys == str(tmp_path / "keys" / "slaves")
+    names = {role: curve.read_key_dir(Path(getattr(broker.curve, f"{role}_keys")))
+             for role in ("master", "slave", "stats")}
+    assert sorted(names["slave"].values()) == ["slave1", "slave2"]
+    assert list(names["master"].values()) == ["master"] and list(names["stats"].values()) == ["stats"]
+    broker_public = curve.read_pair(Path(broker.curve.secret_key))[0]
+    for role in ("master", "slave1", "slave2"):
+        kind = config.MasterConfig if role == "master" else config.SlaveConfig
+        keys = config.load(paths[role], kind).curve
+        assert keys is not None and curve.read_public(Path(keys.broker_key)) == broker_public
+        own = curve.read_pair(Path(keys.secret_key))[0]
+        assert own in names["master" if role == "master" else "slave"]
+
+
+def test_existing_keys_are_kept_and_missing_ones_made(tmp_path):
+    launcher.write_configs(plan(tmp_path, slaves=1))
+    before = {p: p.read_bytes() for p in (tmp_path / "keys").rglob("*") if p.is_file()}
+    made = launcher.write_keys(plan(tmp_path, slaves=2))
+    assert made == [tmp_path / "keys" / "slaves" / "slave2.key_secret"]
+    assert all(p.read_bytes() == text for p, text in before.items())
+
+
+def test_without_curve_no_keys_and_no_curve_sections(tmp_path):
+    texts = launcher.render_configs(plan(tmp_path, curve=False))
+    assert all("[curve]" not in text for text in texts.values())
+    launcher.write_configs(plan(tmp_path, curve=False))
+    assert not (tmp_path / "keys").exists()

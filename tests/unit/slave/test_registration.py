@@ -79,3 +79,16 @@ def test_connection_events(name: str, queued: bool, events: list[bool], hello: l
     reg = Registration(0.0)
     reg.hello_sent(0.0, queued=queued)
     assert [reg.connection_event(disconnected) for disconnected in events] == hello
+
+
+def test_a_refused_handshake_brings_one_reconnect_after_the_retry_delay() -> None:
+    from slave.registration import REFUSED_RETRY_S
+    reg = Registration(0.0)
+    reg.hello_sent(0.0, queued=True)
+    assert reg.handshake_failed(1.0) is True
+    assert reg.handshake_failed(1.5) is False  # the PUB's or a second refusal: one reconnect
+    assert 1.0 + REFUSED_RETRY_S in reg.deadlines()
+    assert Due.RECONNECT not in reg.tick(1.0 + REFUSED_RETRY_S - 0.01)
+    assert reg.tick(1.0 + REFUSED_RETRY_S)[0] is Due.RECONNECT
+    assert Due.RECONNECT not in reg.tick(1.0 + 2 * REFUSED_RETRY_S)
+    assert reg.handshake_failed(20.0) is True  # refused again: another one later
