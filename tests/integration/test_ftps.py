@@ -304,3 +304,48 @@ def test_tls_protocol_replies(tls_cluster: Cluster) -> None:
         assert ftp.sendcmd("PROT P").startswith("200")
         with pytest.raises(ftplib.Error, match=r"^503 "):
             ftp.sendcmd("AUTH TLS")
+
+
+# ---------------------------------------------------------------- ftpcluster up
+
+def test_up_makes_self_signed_certificates_and_keeps_them(tmp_path: Path, up_factory) -> None:
+    from common.launcher import free_ports
+    from tests.integration.conftest import REPO
+
+    port = free_ports(1)[0]
+    data = tmp_path / "var"
+    args = ("--port", str(port), "--slaves", "2", "--data", str(data))
+    up = up_factory(*args, cwd=REPO, data=data)
+    up.expect("is up with 2 slaves", 45)
+    certs = {name: (data / "tls" / f"{name}.crt").read_bytes() for name in ("master", "slave1", "slave2")}
+    assert len(set(certs.values())) == 3  # one certificate each: the data connection tells whose
+    assert oct((data / "tls" / "slave1.key").stat().st_mode & 0o777) == "0o600"
+
+    def try_it() -> tuple[bytes, list[bytes]]:
+        ftp = Client(context=_context(), timeout=CONTROL_TIMEOUT_S)
+        ftp.data_certs = []
+        ftp.trust_server_pasv_ipv4_address = True
+        with ftp:
+            ftp.connect("127.0.0.1", port)
+            ftp.login("demo", "demo")
+            ftp.prot_p()
+            ftp.voidcmd("TYPE I")
+            put(ftp, "/up.bin", b"up over TLS", "pret")
+            got = get(ftp, "/up.bin", "active")
+            return got, ftp.data_certs
+
+    got, seen = try_it()
+    assert got == b"up over TLS"
+    holder = next(n for n in ("slave1", "slave2") if (data / n / "up.bin").is_file())
+    assert seen == [_der_bytes(certs[holder])] * 2
+    assert up.stop() == 0
+
+    up = up_factory(*args, cwd=REPO, data=data)  # a restart keeps the certificates
+    up.expect("is up with 2 slaves", 45)
+    assert {n: (data / "tls" / f"{n}.crt").read_bytes() for n in certs} == certs
+    assert try_it()[0] == b"up over TLS"
+    assert up.stop() == 0
+
+
+def _der_bytes(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
