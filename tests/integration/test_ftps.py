@@ -10,6 +10,7 @@ import ftplib
 import hashlib
 import io
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -93,8 +94,9 @@ class Client(ftplib.FTP_TLS):
         return conn, size
 
 
-def ftps(cluster: Cluster, prot_p: bool = True, login: bool = True) -> Client:
-    ftp = Client(context=_context(), timeout=CONTROL_TIMEOUT_S)
+def ftps(cluster: Cluster, prot_p: bool = True, login: bool = True,
+         timeout: float = CONTROL_TIMEOUT_S) -> Client:
+    ftp = Client(context=_context(), timeout=timeout)
     ftp.data_certs = []
     ftp.trust_server_pasv_ipv4_address = True
     ftp.connect("127.0.0.1", cluster.ftp_port)
@@ -349,3 +351,28 @@ def test_up_makes_self_signed_certificates_and_keeps_them(tmp_path: Path, up_fac
 
 def _der_bytes(pem: bytes) -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+def test_prot_p_on_a_slave_without_certificate_is_refused(cluster_factory, tmp_path: Path) -> None:
+    cert, key = ensure_self_signed(tmp_path / "certs", "master")
+    c = cluster_factory(slaves=1, master_extra={"tls_certfile": str(cert), "tls_keyfile": str(key)})
+    c.start()
+    with ftps(c, timeout=5) as ftp:  # active mode: ftplib waits this long for a connection that never comes
+        for mode in ("pret", "active"):
+            # The 150 may come first (the master does not wait for the slave's Started), the
+            # refusal follows it; the data connection never carries a byte in clear.
+            _set_mode(ftp, mode, "STOR /nocert.bin")
+            try:
+                ftp.transfercmd("STOR /nocert.bin")
+            except ftplib.Error as exc:
+                reply = str(exc)
+            except OSError:
+                with pytest.raises(ftplib.Error) as info:
+                    ftp.voidresp()
+                reply = str(info.value)
+            else:
+                raise AssertionError("a PROT P transfer on a slave without a certificate went ahead")
+            assert re.match(r"^[45]\d\d .*no TLS certificate", reply), reply
+        ftp.prot_c()  # clear data still works there
+        assert put(ftp, "/nocert.bin", b"clear", "pret").startswith("226")
+        assert get(ftp, "/nocert.bin", "active") == b"clear"
