@@ -376,3 +376,9 @@ def test_prot_p_on_a_slave_without_certificate_is_refused(cluster_factory, tmp_p
         ftp.prot_c()  # clear data still works there
         assert put(ftp, "/nocert.bin", b"clear", "pret").startswith("226")
         assert get(ftp, "/nocert.bin", "active") == b"clear"
+
+
+def test_slave_says_whether_the_kernel_offers_ktls(tls_cluster: Cluster) -> None:
+    from common.tlsdata import ktls_available
+    text = tls_cluster.roles["slave1"].log.read_text()
+    assert ("the kernel offers kTLS" if ktls_available() else "no kTLS on this kernel") in text
