@@ -44,11 +44,12 @@ class TlsFileError(ValueError):
 DATA_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def server_context(certfile: str, keyfile: str = "", data: bool = False) -> SSL.Context:
+def server_context(certfile: str, keyfile: str = "", for_uploads: bool = False) -> SSL.Context:
     """A TLS server context (TLS 1.2 and newer) with this certificate chain and key.
     Raises TlsFileError naming the file that is missing, unreadable or does not match.
 
-    `data`: for data connections, TLS 1.2 only, without session tickets. A TLS 1.3 server
+    `for_uploads`: for data connections the server receives on, TLS 1.2 only, without
+    session tickets (downloads and the control connection keep TLS 1.3). A TLS 1.3 server
     sends its session tickets after the handshake; an uploading client never reads them,
     and closing a socket with unread bytes sends a TCP RST, which makes the server's
     kernel drop the upload's last bytes still in flight (seen with lftp: the tail of every
@@ -64,7 +65,7 @@ def server_context(certfile: str, keyfile: str = "", data: bool = False) -> SSL.
     # stream mode ends at EOF; vsftpd's default strict_ssl_read_eof=NO does the same).
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
                     | getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0))
-    if data:
+    if for_uploads:
         ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

@@ -218,7 +218,7 @@ class ClusterFTPHandler(FTPHandler):
         channel = self.data_channel
         return channel.transfer if isinstance(channel, RemoteTransfer) else None
 
-    def data_tls_context(self) -> Any:
+    def data_tls_context(self, upload: bool) -> Any:
         """The TLS context of the next data connection (PROT P, master.tls), else None."""
         return None
 

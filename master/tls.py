@@ -108,9 +108,10 @@ class TlsSession(SSLConnectionMixin):
     Class attributes come from master.handler.build_handler."""
 
     ssl_context: Any
-    """The control connection's, and (pyftpdlib's TLS_DTPHandler) the listings'."""
-    data_ssl_context: Any
-    """Relayed transfers' (common.tlsdata.server_context data=True: TLS 1.2, no tickets)."""
+    """The control connection's, listings' (pyftpdlib's TLS_DTPHandler) and relayed
+    downloads'."""
+    upload_ssl_context: Any
+    """Relayed uploads' (common.tlsdata.server_context for_uploads: TLS 1.2, no tickets)."""
     tls_control: TlsMode = "allowed"
     tls_data: TlsMode = "allowed"
     _pbsz = False
@@ -130,9 +131,11 @@ class TlsSession(SSLConnectionMixin):
     def control_secured(self) -> bool:
         return bool(self._ssl_requested)
 
-    def data_tls_context(self) -> Any:
-        """The TLS context for this session's next relayed transfer, None for PROT C."""
-        return self.data_ssl_context if self._prot else None
+    def data_tls_context(self, upload: bool) -> Any:
+        """The TLS context of this session's next data connection, None for PROT C."""
+        if not self._prot:
+            return None
+        return self.upload_ssl_context if upload else self.ssl_context
 
     def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
         refusal = ""
@@ -193,7 +196,7 @@ def handler_attrs(section: MasterSection, proto_cmds: dict[str, dict[str, Any]])
     """The class attributes of a TLS-capable handler (build_handler, with tls_certfile set)."""
     return dict(
         ssl_context=server_context(section.tls_certfile, section.tls_keyfile),
-        data_ssl_context=server_context(section.tls_certfile, section.tls_keyfile, data=True),
+        upload_ssl_context=server_context(section.tls_certfile, section.tls_keyfile, for_uploads=True),
         tls_control=section.tls_control,
         tls_data=section.tls_data,
         proto_cmds={**proto_cmds, **PROTO_CMDS},

@@ -449,11 +449,11 @@ def _dispatch(h: Session, kind: str, path: str, offset: int, entry: Entry | None
         info = h.cluster.registry.slaves.get(slave)
         relay = Relay.toward(info.data_host if info is not None else "127.0.0.1", h.cluster.waker,
                              h.cluster.relayed, kind in UPLOADS, float(h.cluster.data_timeout),
-                             client_tls=h.data_tls_context())
+                             client_tls=h.data_tls_context(kind in UPLOADS))
         passive.attach_relay(h, route, relay)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay, ascii=h.current_type() == "a")
-    transfer.tls = relay is None and h.data_tls_context() is not None
+    transfer.tls = relay is None and h.data_tls_context(kind in UPLOADS) is not None
     if route.lent is not None:
         transfer.lent, transfer.allowed_ip = route.lent, client_ip(str(h.remote_ip))
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:

@@ -241,7 +241,7 @@ class TransferManager:
         xfer_id, connect_to, port = msg.xfer_id, msg.connect_to, msg.pool_port
         if xfer_id in self.transfers:
             raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
-        if msg.tls and self.mover.tls is None:
+        if msg.tls and not self.mover.tls:
             raise OSError(errno.EPROTONOSUPPORT, NO_TLS_CERTIFICATE)
         if port:
             self.pooled.check_lendable(port)

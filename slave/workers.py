@@ -319,10 +319,13 @@ class DataMover:
     def __init__(self, config: SlaveSection, outbox: Outbox) -> None:
         self.config = config
         self.outbox = outbox
-        self.tls: SSL.Context | None = (
-            server_context(config.tls_certfile, config.tls_keyfile, data=True) if config.tls_certfile
-            else None)
-        """This slave's certificate for PROT P data connections (slave.tls_certfile)."""
+        self.tls: dict[Kind, SSL.Context] = {}
+        """This slave's certificate for PROT P data connections (slave.tls_certfile), for
+        sends (TLS 1.2 or 1.3) and receives (TLS 1.2 without session tickets: tlsdata)."""
+        if config.tls_certfile:
+            cert, key = config.tls_certfile, config.tls_keyfile
+            self.tls = {Kind.SEND: server_context(cert, key),
+                        Kind.RECEIVE: server_context(cert, key, for_uploads=True)}
         self._probe = bytearray(INLINE_SEND_MAX)
         """Main loop only: send_inline's page-cache probe."""
 
@@ -418,10 +421,10 @@ class DataMover:
             if t.aborted:
                 raise Aborted()
         if t.tls:
-            if self.tls is None:
+            if not self.tls:
                 raise OSError(errno.EPROTONOSUPPORT, NO_TLS_CERTIFICATE)
             dataconn.set_timeout(conn, min(timeout, PROGRESS_WAIT_S))  # an abort is seen this often
-            stream = TlsStream(self.tls, conn)
+            stream = TlsStream(self.tls[t.kind], conn)
             deadline = time.monotonic() + timeout
             while True:
                 try:
