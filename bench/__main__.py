@@ -177,11 +177,11 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
     stor_only = {server.name for server in servers if getattr(server, "stor_only", False)}
     runs: dict[tuple[str, str, str], list[Measured]] = {}
     for t in targets:
-        clients.curl_transfer(t, "active", "RETR", "big.bin")  # warm-up: page cache, sessions
+        clients.curl_transfer(t, modes_of(t)[0], "RETR", "big.bin")  # warm-up: page cache, sessions
     for i in range(sizes.repeat):
         settle()
         for t in targets:
-            for mode in MODES:
+            for mode in modes_of(t):
                 if t.name not in stor_only:
                     runs.setdefault((t.name, mode, "RETR"), []).append(
                         measured_transfer(t, pids[t.name], mode, "RETR", "big.bin"))
@@ -199,10 +199,18 @@ def single_stream(servers: list[Any], big: Path, sizes: Sizes) -> dict:
             d[f"{op}_cpu_ms_per_gb"] = median_per_process([cpu for _, cpu in measured])
             d[f"{op}_cpu_ms_per_gb_runs"] = [cpu for _, cpu in measured]
     for t in targets:
-        for mode in MODES:
+        for mode in modes_of(t):
             say(f"single stream {t.name} {mode}: " + ", ".join(
                 _single_text(out[t.name][mode], op) for op in ("RETR", "STOR") if op in out[t.name][mode]))
     return out
+
+
+def modes_of(t: Target) -> tuple[str, ...]:
+    """The single-stream modes a target is measured in: FTPS only passive, since curl 7.88.1
+    fails every active-mode FTPS transfer ("sa_addr inet_ntop() failed", curl/curl#10622;
+    against stock pyftpdlib's TLS_FTPHandler too), which tests/integration/test_ftps.py
+    covers with ftplib and lftp instead."""
+    return ("passive",) if t.tls else MODES
 
 
 def _single_text(d: dict[str, Any], op: str) -> str:
@@ -452,10 +460,15 @@ def _get(d: Any, *keys: str) -> Any:
 
 
 NOFSYNC = "cluster-fsync-off"
+TLS_CLUSTER = "cluster-prot-p"
+TLS_PYFTPD = "pyftpdlib-prot-p"
 MODE_NAME = {"active": "active (PORT)", "passive": "passive (cluster: PRET+PASV)",
              "relay": "relay (PASV without PRET)"}
 SINGLE_CPU_COLUMNS = (("cluster slave", "cluster", "slave1"), ("cluster master", "cluster", "master"),
-                      ("cluster broker", "cluster", "broker"), ("pyftpdlib", "pyftpdlib", "pyftpdlib"))
+                      ("cluster broker", "cluster", "broker"), ("pyftpdlib", "pyftpdlib", "pyftpdlib"),
+                      ("PROT P: cluster slave", TLS_CLUSTER, "slave1"),
+                      ("PROT P: cluster master", TLS_CLUSTER, "master"),
+                      ("PROT P: pyftpdlib", TLS_PYFTPD, "pyftpdlib"))
 """(header, server, process) of the single-stream CPU table; the cluster has one slave there."""
 
 
@@ -494,6 +507,12 @@ def report(results: dict) -> str:
             vals = [_get(single, s, mode, op) for s in ("cluster", *peers)]
             lines.append(f"| {op} {big}, curl | {MODE_NAME[mode]} | " + " | ".join(_mbs(v) for v in vals)
                          + f" | {_ratio(vals[0], vals[1])} | >= 1.0 |")
+    for op in ("RETR", "STOR"):
+        for mode in MODES:
+            vals = [_get(single, s, mode, op) for s in (TLS_CLUSTER, TLS_PYFTPD)]
+            if vals[0] is not None or vals[1] is not None:
+                lines.append(f"| {op} {big}, curl --ssl-reqd (PROT P: TLS data connection) | {MODE_NAME[mode]} | "
+                             f"{_mbs(vals[0])} | {_mbs(vals[1])} | - | {_ratio(vals[0], vals[1])} | (no target) |")
     for mode in MODES:
         v = _get(single, NOFSYNC, mode, "STOR")
         if v is not None:
@@ -604,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--agg-mb", type=int, default=None, help="size of each aggregate-run file in MB")
     p.add_argument("--max-slaves", type=int, default=None, help="largest N in the aggregate run")
+    p.add_argument("--big-mb", type=int, default=None, help="size of the single-stream file in MiB")
+    p.add_argument("--repeat", type=int, default=None, help="single-stream runs per transfer (median)")
     p.add_argument("--out", default="bench-out", help="directory for results.json/.md and aggregate.png")
     p.add_argument("--work", default=None, help="scratch directory (default: a new temp dir, removed)")
     args = p.parse_args(argv)
@@ -612,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(sizes, agg_bytes=args.agg_mb * MB)
     if args.max_slaves is not None:
         sizes = replace(sizes, agg_max_n=args.max_slaves)
+    if args.big_mb is not None:
+        sizes = replace(sizes, big_bytes=args.big_mb * MIB)
+    if args.repeat is not None:
+        sizes = replace(sizes, repeat=args.repeat)
     sections = set(args.only.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -639,6 +664,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tls_servers(work: Path, big: Path) -> list[Any]:
+    """The cluster with FTPS (its own self-signed certificates for the master and the slave)
+    and plain pyftpdlib's TLS_FTPHandler, each serving big.bin; clients use PROT P."""
+    from common.certs import ensure_self_signed
+
+    certs = work / "tls"
+    master_cert, master_key = ensure_self_signed(certs, "master")
+    slave_cert, slave_key = ensure_self_signed(certs, "slave1")
+    cluster = ClusterServer(work / "cluster-tls", slaves=1, name=TLS_CLUSTER,
+                            master_extra={"tls_certfile": str(master_cert), "tls_keyfile": str(master_key)},
+                            slave_extra={"tls_certfile": str(slave_cert), "tls_keyfile": str(slave_key)})
+    cluster.tls = True  # type: ignore[attr-defined]
+    place(big, cluster.root / "big.bin")
+    (cluster.root / "up").mkdir(parents=True, exist_ok=True)
+    peer_cert, peer_key = ensure_self_signed(certs, "pyftpdlib")
+    combined = certs / "pyftpdlib.pem"  # TLS_FTPHandler.certfile holds the key too
+    combined.write_bytes(peer_cert.read_bytes() + peer_key.read_bytes())
+    peer = PyftpdlibServer(work / "pyftpdlib-tls", work / "pyftpdlib-tls.log", certfile=combined,
+                           name=TLS_PYFTPD)
+    place(big, peer.root / "big.bin")
+    (peer.root / "up").mkdir(parents=True, exist_ok=True)
+    return [cluster, peer]
+
+
 def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argparse.Namespace) -> None:
     data = work / "data"
     need_servers = sections & {"single", "small", "idle"}
@@ -654,6 +703,8 @@ def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argpa
         populate(cluster.root, big, small)
         servers: list[Any] = [cluster]
         if "single" in sections:
+            # FTPS (curl --ssl-reqd: PROT P) against stock pyftpdlib's TLS_FTPHandler.
+            servers += tls_servers(work, big)
             # The same cluster with the slave's fsync off: what the durability of STOR costs.
             nofsync = ClusterServer(work / "cluster-nofsync", slaves=1, slave_extra={"fsync": False},
                                     name=NOFSYNC)
@@ -680,9 +731,15 @@ def run(results: dict, sections: set[str], sizes: Sizes, work: Path, args: argpa
             for server in started:
                 if server.name == NOFSYNC:
                     server.wait_visible({"big.bin": sizes.big_bytes})
+            for server in started:
+                if server.name == TLS_CLUSTER:
+                    server.wait_visible({"big.bin": sizes.big_bytes})
             if "single" in sections:
                 results["single"] = single_stream(started, big, sizes)
-            for server in [s for s in started if s.name == NOFSYNC]:
+                for server in started:
+                    if server.name == TLS_CLUSTER:
+                        results["relayed_bytes_single_tls"] = server.relayed_bytes()
+            for server in [s for s in started if s.name in (NOFSYNC, TLS_CLUSTER, TLS_PYFTPD)]:
                 server.stop()
                 started.remove(server)
             if "small" in sections:

@@ -30,10 +30,13 @@ class Target:
     user: str
     password: str
     pret: bool
+    tls: bool = False
+    """FTPS: curl --ssl-reqd (AUTH TLS, PROT P: the data connections are TLS too)."""
 
     @classmethod
     def of(cls, server: Any) -> "Target":
-        return cls(server.name, server.host, server.port, server.user, server.password, server.pret)
+        return cls(server.name, server.host, server.port, server.user, server.password, server.pret,
+                   getattr(server, "tls", False))
 
     def url(self, path: str) -> str:
         return f"ftp://{self.user}:{self.password}@{self.host}:{self.port}/{path.lstrip('/')}"
@@ -43,6 +46,8 @@ class Target:
 
 def curl_args(t: Target, mode: str) -> list[str]:
     args = ["curl", "--silent", "--show-error", "--fail", "--max-time", "600"]
+    if t.tls:
+        args += ["--ssl-reqd", "--insecure"]  # self-signed certificates (bench.__main__)
     if mode == "active":
         args += ["-P", t.host]
     elif mode == "passive" and t.pret:

@@ -1,6 +1,7 @@
 """The plain pyftpdlib peer: stock FTPHandler on FTPServer, one user over a local directory.
 
-Run as `python -m bench.pyftpd_peer --root DIR --port P --user U --password PW`.
+Run as `python -m bench.pyftpd_peer --root DIR --port P --user U --password PW`; with
+`--certfile PEM` (certificate and key) stock TLS_FTPHandler instead (AUTH TLS, PROT P).
 Logging at WARNING, like the cluster's roles in the benchmark.
 """
 
@@ -24,11 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--max-cons", type=int, default=2048)
+    p.add_argument("--certfile", default="", help="PEM with certificate and key: FTPS")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     auth = DummyAuthorizer()
     auth.add_user(args.user, args.password, args.root, perm="elradfmwMT")
     handler = FTPHandler
+    if args.certfile:
+        from pyftpdlib.handlers import TLS_FTPHandler
+        handler = TLS_FTPHandler
+        handler.certfile = args.certfile
     handler.authorizer = auth
     handler.banner = "pyftpdlib peer ready."
     server = FTPServer((args.host, args.port), handler)

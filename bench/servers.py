@@ -166,7 +166,12 @@ class PyftpdlibServer:
     name = "pyftpdlib"
     pret = False
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, *, certfile: Path | None = None,
+                 name: str = "pyftpdlib") -> None:
+        self.name = name
+        self.certfile = certfile
+        self.tls = certfile is not None
+        """Stock TLS_FTPHandler (bench.pyftpd_peer --certfile): clients use PROT P."""
         self.host = "127.0.0.1"
         self.port = launcher.free_ports(1)[0]
         self.user, self.password = USER, PASSWORD
@@ -180,7 +185,8 @@ class PyftpdlibServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.pyftpd_peer", "--root", str(self.root),
                  "--host", self.host, "--port", str(self.port), "--user", self.user,
-                 "--password", self.password],
+                 "--password", self.password,
+                 *(["--certfile", str(self.certfile)] if self.certfile else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         try:

@@ -25,6 +25,9 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TlsMode = Literal["off", "allowed", "required"]
+"""FTPS (RFC 4217) for the control or the data connections: never, when the client asks
+(AUTH TLS, PROT P), or always (530 before AUTH TLS, 521 for a transfer without PROT P)."""
 
 
 class ConfigError(Exception):
@@ -116,6 +119,11 @@ class SlaveSection(_Section, frozen=True):
     stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10
     """SIGTERM: seconds to let running transfers finish (new ones are refused) before the
     rest are aborted; a second SIGTERM aborts at once."""
+    tls_certfile: str = ""
+    """PEM certificate (chain) this slave shows on PROT P data connections; empty: no TLS
+    data connections on this slave (a PROT P transfer sent to it is refused)."""
+    tls_keyfile: str = ""
+    """PEM private key of tls_certfile; empty: the key is in tls_certfile."""
 
 
 class SlaveConfig(_Section, frozen=True):
@@ -133,6 +141,10 @@ class UserEntry(_Section, frozen=True):
     home: str = "/"
     perms: str = "elr"
     """pyftpdlib permission letters: e l r a d f m w M T (plus S for SITE admin commands)."""
+    tls_control: TlsMode | None = None
+    """This user's control-connection TLS, instead of master.tls_control."""
+    tls_data: TlsMode | None = None
+    """This user's data-connection TLS, instead of master.tls_data."""
 
 
 class MasterSection(_Section, frozen=True):
@@ -169,6 +181,15 @@ class MasterSection(_Section, frozen=True):
     max_relays: Positive = 64
     """Relayed transfers (PASV/EPSV without PRET: one copying thread each) at once; beyond
     it the transfer command gets 425 and the client is told to use PRET."""
+    tls_certfile: str = ""
+    """PEM certificate (chain) for AUTH TLS on the control connection and for the master's
+    own TLS data connections (listings, relayed transfers); empty: no FTPS at all."""
+    tls_keyfile: str = ""
+    """PEM private key of tls_certfile; empty: the key is in tls_certfile."""
+    tls_control: TlsMode = "allowed"
+    """AUTH TLS on the control connection (with tls_certfile set)."""
+    tls_data: TlsMode = "allowed"
+    """PROT P data connections (with tls_certfile set); users may override both."""
 
 
 class PlacementWeights(_Section, frozen=True):
@@ -299,9 +320,23 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _check_tls_files(source: str, section: str, certfile: str, keyfile: str) -> None:
+    """The certificate and key load and match (so a bad file stops the program at start)."""
+    if not certfile:
+        if keyfile:
+            raise ConfigError(f"{source}: key {section}.tls_keyfile: set without {section}.tls_certfile")
+        return
+    from common.tlsdata import TlsFileError, server_context
+    try:
+        server_context(certfile, keyfile)
+    except TlsFileError as exc:
+        raise ConfigError(f"{source}: key {section}.{exc.key}: {exc}") from None
+
+
 def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> None:
     """Cross-field rules that types alone cannot express."""
     if isinstance(config, SlaveConfig):
+        _check_tls_files(source, "slave", config.slave.tls_certfile, config.slave.tls_keyfile)
         ports = config.slave.passive_ports
         if ports is not None and ports[0] > ports[1]:
             raise ConfigError(f"{source}: key slave.passive_ports: first port is above the last")
@@ -310,6 +345,23 @@ def _check(config: BrokerConfig | SlaveConfig | MasterConfig, source: str) -> No
         if not _is_ip(getattr(config.slave, key)):
             raise ConfigError(f"{source}: key slave.{key}: must be an IP address, not a host name")
     if isinstance(config, MasterConfig):
+        section = config.master
+        _check_tls_files(source, "master", section.tls_certfile, section.tls_keyfile)
+        if not section.tls_certfile:
+            for key in ("tls_control", "tls_data"):
+                if getattr(section, key) == "required":
+                    raise ConfigError(f"{source}: key master.{key}: \"required\" needs master.tls_certfile")
+            for index, user in enumerate(config.users):
+                for key in ("tls_control", "tls_data"):
+                    if getattr(user, key) in ("allowed", "required"):
+                        raise ConfigError(f"{source}: key users[{index}].{key}: "
+                                          f"{getattr(user, key)!r} needs master.tls_certfile")
+        if section.tls_control == "off":
+            for index, user in enumerate(config.users):
+                if user.tls_control in ("allowed", "required"):
+                    raise ConfigError(f"{source}: key users[{index}].tls_control: {user.tls_control!r} "
+                                      "cannot override master.tls_control = \"off\" (AUTH TLS "
+                                      "comes before USER)")
         ports = config.master.passive_ports
         if ports is not None and ports[0] > ports[1]:
             raise ConfigError(f"{source}: key master.passive_ports: first port is above the last")

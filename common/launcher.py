@@ -146,6 +146,8 @@ class ClusterPlan:
     slave_extra: dict[str, object] = field(default_factory=dict)
     curve: bool = True
     """CURVE on every broker socket, with the key pairs under keys_dir."""
+    per_slave: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Keys for one slave's [slave] table only (its own TLS certificate), by slave name."""
 
     def slave_names(self) -> list[str]:
         return [f"slave{i}" for i in range(1, self.slaves + 1)]
@@ -246,6 +248,7 @@ def render_configs(plan: ClusterPlan) -> dict[str, str]:
             "stats_endpoint": p.endpoint("stats_in"),
             "data_bind": "127.0.0.1",
             **plan.slave_extra,
+            **plan.per_slave.get(name, {}),
         }
         out[name] = _table("slave", slave) + "\n" + log + client_curve("slave", name)
     return out
@@ -398,6 +401,27 @@ def read_existing(conf_dir: Path) -> ExistingConfigs:
         note("stats_in", sl.stats_endpoint, f"{path}: key slave.stats_endpoint")
     return ExistingConfigs(conf_dir=conf_dir, roles=frozenset(roles), ports=ports,
                            unreadable=unreadable, listen=listen, curve=curve)
+
+
+# ---------------------------------------------------------------- FTPS certificates
+
+TLS_DIR = "tls"
+"""Under the data directory: the self-signed certificates of the master and each slave."""
+
+
+def tls_settings(data: Path, slaves: Sequence[str]) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    """The master's and each slave's TLS config keys, with a self-signed certificate for
+    each made under DATA/tls when missing (kept on restart: common.certs)."""
+    from common.certs import ensure_self_signed
+
+    directory = data / TLS_DIR
+    cert, key = ensure_self_signed(directory, "master")
+    master: dict[str, object] = {"tls_certfile": str(cert), "tls_keyfile": str(key)}
+    per_slave: dict[str, dict[str, object]] = {}
+    for name in slaves:
+        cert, key = ensure_self_signed(directory, name)
+        per_slave[name] = {"tls_certfile": str(cert), "tls_keyfile": str(key)}
+    return master, per_slave
 
 
 # ---------------------------------------------------------------- small I/O helpers
@@ -604,8 +628,10 @@ def run_local_cluster(port: int | None = None, slaves: int | None = None, data: 
         users = (User(DEMO_USER, hash_password(DEMO_PASSWORD)),)
     # CURVE on, unless an existing broker.toml (the operator's) runs without it: then the
     # configs written now must not use it either.
+    master_tls, slave_tls = tls_settings(data_dir, [f"slave{i}" for i in range(1, slaves + 1)])
     plan = ClusterPlan(data=data_dir, ftp_host=host, ftp_port=port, slaves=slaves,
-                       ports=decision.ports, users=users, curve=existing.curve is not False)
+                       ports=decision.ports, users=users, curve=existing.curve is not False,
+                       master_extra=master_tls, per_slave=slave_tls)
     paths = write_configs(plan, only=decision.write)
     for notice in decision.notices:
         _say(notice)

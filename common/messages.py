@@ -78,6 +78,9 @@ class StartSend(Message, frozen=True):
     ascii: bool = False
     """The session is in TYPE A: the slave sends every LF not preceded by CR as CRLF
     (slave/ascii.py). False (TYPE I, and a master that predates the field): bytes as stored."""
+    tls: bool = False
+    """PROT P: the slave is the TLS server on the data connection (RFC 4217), with its own
+    certificate (slave.tls_certfile), in passive and active mode; refused without one."""
 
 
 class StartReceive(Message, frozen=True):
@@ -100,6 +103,8 @@ class StartReceive(Message, frozen=True):
     ascii: bool = False
     """TYPE A: the slave stores every CRLF as LF (a CR ending the upload is dropped, as in
     pyftpdlib); TransferDone's size and crc32 are those of the stored bytes."""
+    tls: bool = False
+    """As in StartSend."""
 
 
 class ClearPort(Message, frozen=True):

@@ -26,7 +26,7 @@ from pyftpdlib.utils import strerror
 
 from common import messages as m
 from common.config import MasterConfig
-from master import answers, guard, mlsx, passive, replies, site, transfers
+from master import answers, guard, mlsx, passive, replies, site, tls, transfers
 from master.answers import SlaveAnswer
 from master.cluster import Cluster
 from master.ftpfs import FtpFilesystem, SlaveCommands
@@ -270,6 +270,10 @@ class ClusterFTPHandler(FTPHandler):
         channel = self.data_channel
         return channel.transfer if isinstance(channel, RemoteTransfer) else None
 
+    def data_tls_context(self, upload: bool) -> Any:
+        """The TLS context of the next data connection (PROT P, master.tls), else None."""
+        return None
+
     def current_type(self) -> str:
         """pyftpdlib's TYPE: "a" (ASCII, the default) or "i" (binary)."""
         return self._current_type
@@ -457,4 +461,8 @@ def build_handler(config: MasterConfig, cluster: Cluster,
         permit_foreign_addresses=False,
         permit_privileged_ports=False,
     )
-    return type("ConfiguredClusterFTPHandler", (ClusterFTPHandler,), attrs)
+    bases: tuple[type, ...] = (ClusterFTPHandler,)
+    if section.tls_certfile:
+        attrs.update(tls.handler_attrs(section, PROTO_CMDS))
+        bases = (tls.TlsSession, ClusterFTPHandler)
+    return type("ConfiguredClusterFTPHandler", bases, attrs)

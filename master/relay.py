@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Callable
+import time
+from typing import Any, Callable
 
+from common.tlsdata import TlsStream, set_blocking_timeout
 from master.addresses import local_address_toward
 from master.loop import Waker
 
@@ -50,8 +52,11 @@ class Relay:
     there; reports (ok, error) once, in the loop thread."""
 
     def __init__(self, waker: Waker, counter: RelayCounter, upload: bool, source_ip: str,
-                 data_timeout: float) -> None:
+                 data_timeout: float, client_tls: Any = None) -> None:
         self.waker = waker
+        self.client_tls = client_tls
+        """PROT P: the master is the TLS server on the client's data connection (this
+        context); the connection to the slave stays plain TCP inside the cluster."""
         self.counter = counter
         self.upload = upload
         self.source_ip = source_ip
@@ -68,9 +73,10 @@ class Relay:
 
     @classmethod
     def toward(cls, slave_host: str, waker: Waker, counter: RelayCounter, upload: bool,
-               data_timeout: float) -> Relay:
+               data_timeout: float, client_tls: Any = None) -> Relay:
         """A relay to a slave at `slave_host`, holding one of the max_relays slots."""
-        relay = cls(waker, counter, upload, local_address_toward(slave_host), data_timeout)
+        relay = cls(waker, counter, upload, local_address_toward(slave_host), data_timeout,
+                    client_tls)
         relay._holds_slot = True
         relay.counter.open += 1
         return relay
@@ -157,7 +163,12 @@ class Relay:
                         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
                     except OSError:
                         pass
-            src, dst = (client, slave) if self.upload else (slave, client)
+            near: socket.socket | TlsStream = client
+            if self.client_tls is not None:
+                set_blocking_timeout(client, self.data_timeout)
+                near = TlsStream(self.client_tls, client)
+                near.handshake(time.monotonic() + self.data_timeout)
+            src, dst = (near, slave) if self.upload else (slave, near)
             self._copy(src, dst)
             ok = not self._aborted
             error = "" if ok else "aborted"
@@ -169,7 +180,7 @@ class Relay:
                 _close(self._slave_sock)
         self.waker.post(self._finish, ok, error)
 
-    def _copy(self, src: socket.socket, dst: socket.socket) -> None:
+    def _copy(self, src: socket.socket | TlsStream, dst: socket.socket | TlsStream) -> None:
         buf = bytearray(BUFFER_BYTES)
         view = memoryview(buf)
         while True:
@@ -181,6 +192,8 @@ class Relay:
             self.counter.add(n)
         # Half-close so the receiver sees end-of-file (RFC 959 stream mode ends with EOF).
         dst.shutdown(socket.SHUT_WR)
+        if isinstance(src, TlsStream):
+            src.answer_close()  # our close_notify answers the client's (TLS upload)
 
 
 def _close(sock: socket.socket) -> None:

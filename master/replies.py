@@ -112,3 +112,39 @@ NO_SLAVE_ROOM = "452 no storage slave has room for this upload right now."
 APPE_AFTER_REST = "450 Can't APPE while REST request is pending."
 STOU_AFTER_REST = "450 Can't STOU while REST request is pending."
 NO_UNIQUE_NAME = "450 No usable unique file name found."
+
+
+# ---------------------------------------------------------------- FTPS (RFC 4217, RFC 2228)
+
+TLS_AUTH_OK = "234 AUTH TLS successful: negotiate TLS now."
+TLS_ALREADY = "503 The control connection already uses TLS."
+TLS_AUTH_OFF = "534 TLS is switched off on this server (master.tls_control = \"off\")."
+PBSZ_BEFORE_AUTH = "503 PBSZ needs AUTH TLS first."
+PBSZ_SYNTAX = "501 Syntax: PBSZ <SP> 0."
+PBSZ_OK = "200 PBSZ=0"
+PROT_BEFORE_AUTH = "503 PROT needs AUTH TLS first."
+PROT_BEFORE_PBSZ = "503 PROT needs PBSZ first."
+PROT_C_OK = "200 Protection level set to Clear."
+PROT_P_OK = "200 Protection level set to Private: data connections use TLS."
+TLS_PROT_P_OFF = "534 PROT P refused: TLS data connections are switched off for this user."
+TLS_CONTROL_REQUIRED = "530 TLS required: send AUTH TLS before USER and PASS."
+TLS_CONTROL_OFF = "530 This user logs in without TLS on the control connection."
+TLS_DATA_REQUIRED = "521 Data connections must be encrypted here: send PROT P first."
+TLS_DATA_OFF = "521 Data connections are not encrypted for this user: send PROT C first."
+
+
+def _word(text: str) -> str:
+    """A client's word, safe to echo in a reply (letters, digits, '-' and '_', at most 16)."""
+    return "".join(c for c in text if c.isascii() and (c.isalnum() or c in "-_"))[:16]
+
+
+def auth_unsupported(mechanism: str) -> str:
+    return f"504 AUTH {_word(mechanism)} not supported: use AUTH TLS."
+
+
+def prot_unsupported(level: str) -> str:
+    return f"536 PROT {level} not supported: use PROT C or PROT P."
+
+
+def prot_unknown(level: str) -> str:
+    return f"504 PROT {_word(level)} not understood: use PROT C or PROT P."

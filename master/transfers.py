@@ -117,6 +117,9 @@ class Transfer:
     """The slave's pooled listener the client connects to (PRET+PASV), until given back."""
     allowed_ip = ""
     """With `lent`: the only address the slave accepts the data connection from."""
+    tls = False
+    """PROT P with the client connected to the slave (or the slave to the client): the slave
+    is the TLS server. A relayed PROT P transfer is TLS on the master (Relay.client_tls)."""
 
     def __init__(self, session: Session, kind: str, path: str, slave: str,
                  xfer_id: int, offset: int = 0, relay: Relay | None = None,
@@ -280,11 +283,12 @@ class Transfer:
             cmd = m.StartReceive(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                                  append=self.kind == "APPE", connect_to=self.connect_to,
                                  pool_port=port, allowed_ip=self.allowed_ip, lazy_started=lazy,
-                                 ascii=self.ascii)
+                                 ascii=self.ascii, tls=self.tls)
         else:
             cmd = m.StartSend(req_id=0, xfer_id=self.xfer_id, path=self.path, offset=self.offset,
                               connect_to=self.connect_to, pool_port=port,
-                              allowed_ip=self.allowed_ip, lazy_started=lazy, ascii=self.ascii)
+                              allowed_ip=self.allowed_ip, lazy_started=lazy, ascii=self.ascii,
+                              tls=self.tls)
         self._start_req = self.cluster.link.request(self.slave, cmd, self._on_start_reply)
 
     def _live_session(self) -> Session | None:
@@ -444,10 +448,12 @@ def _dispatch(h: Session, kind: str, path: str, offset: int, entry: Entry | None
             return
         info = h.cluster.registry.slaves.get(slave)
         relay = Relay.toward(info.data_host if info is not None else "127.0.0.1", h.cluster.waker,
-                             h.cluster.relayed, kind in UPLOADS, float(h.cluster.data_timeout))
+                             h.cluster.relayed, kind in UPLOADS, float(h.cluster.data_timeout),
+                             client_tls=h.data_tls_context(kind in UPLOADS))
         passive.attach_relay(h, route, relay)
     xfer_id = route.xfer_id if route.xfer_id is not None else h.cluster.link.new_xfer_id()
     transfer = Transfer(h, kind, path, slave, xfer_id, offset, relay, ascii=h.current_type() == "a")
+    transfer.tls = relay is None and h.data_tls_context(kind in UPLOADS) is not None
     if route.lent is not None:
         transfer.lent, transfer.allowed_ip = route.lent, client_ip(str(h.remote_ip))
     if kind == "STOR" and offset == 0 and entry is not None and not entry.is_dir:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.exceptions import AuthenticationFailed
 
-from common.config import UserEntry
+from common.config import TlsMode, UserEntry
 from common.passwords import (  # noqa: F401
     KEY_BYTES,
     SALT_BYTES,
@@ -75,8 +75,10 @@ class ClusterAuthorizer(DummyAuthorizer):
         self._remembered: dict[str, bytes] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._tls: dict[str, tuple[TlsMode | None, TlsMode | None]] = {}
         for user in users:
             self.add_user(user.name, user.password_hash, user.home, user.perms)
+            self._tls[user.name] = (user.tls_control, user.tls_data)
 
     # -- users
     def add_user(self, username: str, password: str, homedir: str, perm: str = "elr",
@@ -109,6 +111,7 @@ class ClusterAuthorizer(DummyAuthorizer):
         old users stay. Logged-in sessions keep going with their user's new permissions."""
         fresh = ClusterAuthorizer(users)
         self.user_table = fresh.user_table
+        self._tls = fresh._tls
         self._remembered.clear()
 
     def remove_user(self, username: str) -> None:
@@ -200,6 +203,11 @@ class ClusterAuthorizer(DummyAuthorizer):
     def is_admin(self, username: str) -> bool:
         """Whether the user may run SITE admin commands (permission letter "S")."""
         return self.has_perm(username, ADMIN_PERM)
+
+    def tls_override(self, username: str) -> tuple[TlsMode | None, TlsMode | None]:
+        """The user's own tls_control and tls_data (None: the master's); (None, None) for
+        an unknown name, so a refusal never tells which names exist."""
+        return self._tls.get(username, (None, None))
 
     def get_msg_login(self, username: str) -> str:
         return str(self.user_table[username]["msg_login"])

@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common import config as cfgmod, log as logmod, messages as m, sdnotify, wire, zmqsock
 from common.curve import ClientKeys, client_keys
 from common.repeating import RepeatingWarning, broker_unreachable
+from common.tlsdata import ktls_available
 from slave.outbox import JobPool, Outbox, checksum_job
 from slave.registration import REFUSED_RETRY_S, Due, Registration
 from slave.stats import StatsSampler
@@ -80,6 +81,10 @@ class SlaveService:
         self.transfers = TransferManager(self.storage, self.cfg, self.outbox)
         pool = self.transfers.open_pool()
         log.info("%d pooled passive listeners on %s", len(pool), self.cfg.data_bind)
+        if self.cfg.tls_certfile:
+            log.info("PROT P data connections with %s; %s", self.cfg.tls_certfile,
+                     "the kernel offers kTLS, unused (no SSL_sendfile in pyOpenSSL): TLS write loop"
+                     if ktls_available() else "no kTLS on this kernel: TLS write loop")
         self.stats = StatsSampler(self.cfg.name, self.incarnation, str(self.storage.root))
         self.ctx = zmqsock.new_context()
         self.dealer = zmqsock.connected_dealer(self.ctx, self.cfg.broker_endpoint, keys)

@@ -31,7 +31,7 @@ from slave import dataconn
 from slave.outbox import Outbox
 from slave.pool import PortPool, PortState
 from slave.storage import Storage
-from slave.workers import DataMover, Kind, Listener, Transfer, WorkerPool
+from slave.workers import NO_TLS_CERTIFICATE, DataMover, Kind, Listener, Transfer, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,8 @@ class TransferManager:
         xfer_id, connect_to, port = msg.xfer_id, msg.connect_to, msg.pool_port
         if xfer_id in self.transfers:
             raise OSError(errno.EEXIST, f"transfer {xfer_id} already running")
+        if msg.tls and not self.mover.tls:
+            raise OSError(errno.EPROTONOSUPPORT, NO_TLS_CERTIFICATE)
         if port:
             self.pooled.check_lendable(port)
             if connect_to is not None or not msg.allowed_ip:
@@ -262,11 +264,11 @@ class TransferManager:
         if port:
             listener = Listener(self.pooled.lend(port, xfer_id), msg.allowed_ip, 0.0, pooled=True)
         transfer = Transfer(xfer_id, kind, fd, start, real, temp, listener, connect_to, overwrite,
-                            ascii=msg.ascii)
+                            ascii=msg.ascii, tls=msg.tls)
         transfer.pool_port = port
         self.transfers[xfer_id] = transfer
         self.ended[xfer_id] = transfer.ended
-        if kind is Kind.SEND and listener is not None and not transfer.ascii \
+        if kind is Kind.SEND and listener is not None and not transfer.ascii and not transfer.tls \
                 and self.mover.send_inline(transfer):
             return
         try:

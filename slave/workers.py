@@ -37,8 +37,11 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+from OpenSSL import SSL
+
 from common import messages as m
 from common.config import SlaveSection
+from common.tlsdata import TlsStream, server_context
 from slave import ascii, dataconn
 from slave.outbox import CHUNK, Outbox, crc_range
 
@@ -59,6 +62,9 @@ worker thread is involved at all; what would block goes on in a worker."""
 ASCII_CHUNK = 4 * 1024 * 1024
 """A TYPE A download reads, converts (LF -> CRLF) and sends this much at a time; TYPE I
 never goes through Python (sendfile)."""
+TLS_CHUNK = 4 * 1024 * 1024
+"""A PROT P download reads and SSL_writes this much at a time (one reused buffer)."""
+NO_TLS_CERTIFICATE = "PROT P refused: this slave has no TLS certificate (slave.tls_certfile)"
 PROGRESS_WAIT_S = 0.5
 """A send waits at most this long in one sendfile call, so its byte count stays fresh."""
 WORKER_IDLE_S = 60.0
@@ -230,9 +236,11 @@ class Transfer:
     def __init__(self, xfer_id: int, kind: Kind, fd: int, start: int, real: Path,
                  temp: Path | None, listener: Listener | None,
                  connect_to: tuple[str, int] | None, overwrite: bool = False,
-                 ascii: bool = False) -> None:
+                 ascii: bool = False, tls: bool = False) -> None:
         self.xfer_id = xfer_id
         self.ascii = ascii
+        self.tls = tls
+        """PROT P: this slave is the TLS server on the data connection (common.tlsdata)."""
         """TYPE A: line endings are converted (slave/ascii.py); `bytes` counts the bytes on
         the data connection, the reported size and CRC are the stored file's."""
         self.overwrite = overwrite
@@ -311,6 +319,13 @@ class DataMover:
     def __init__(self, config: SlaveSection, outbox: Outbox) -> None:
         self.config = config
         self.outbox = outbox
+        self.tls: dict[Kind, SSL.Context] = {}
+        """This slave's certificate for PROT P data connections (slave.tls_certfile), for
+        sends (TLS 1.2 or 1.3) and receives (TLS 1.2 without session tickets: tlsdata)."""
+        if config.tls_certfile:
+            cert, key = config.tls_certfile, config.tls_keyfile
+            self.tls = {Kind.SEND: server_context(cert, key),
+                        Kind.RECEIVE: server_context(cert, key, for_uploads=True)}
         self._probe = bytearray(INLINE_SEND_MAX)
         """Main loop only: send_inline's page-cache probe."""
 
@@ -387,8 +402,9 @@ class DataMover:
         self.outbox.put(done)
         t.ended.set()
 
-    def _connect(self, t: Transfer) -> socket.socket:
-        """The data connection: accept on the listener or connect out. Raises OSError."""
+    def _connect(self, t: Transfer) -> socket.socket | TlsStream:
+        """The data connection: accept on the listener or connect out, then (PROT P) the
+        TLS handshake as the server. Raises OSError."""
         timeout = float(self.config.data_timeout)
         upload = t.kind is Kind.RECEIVE
         if t.listener is not None:
@@ -404,24 +420,44 @@ class DataMover:
             dataconn.connect(conn, (t.connect_to[0], int(t.connect_to[1])), timeout)
             if t.aborted:
                 raise Aborted()
+        if t.tls:
+            if not self.tls:
+                raise OSError(errno.EPROTONOSUPPORT, NO_TLS_CERTIFICATE)
+            dataconn.set_timeout(conn, min(timeout, PROGRESS_WAIT_S))  # an abort is seen this often
+            stream = TlsStream(self.tls[t.kind], conn)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    stream.handshake(min(deadline, time.monotonic() + PROGRESS_WAIT_S))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ETIMEDOUT or t.aborted or time.monotonic() >= deadline:
+                        raise
+            dataconn.set_timeout(conn, timeout)
+            return stream
         dataconn.set_timeout(conn, timeout)
         return conn
 
     def _send(self, t: Transfer) -> m.TransferDone:
         error: BaseException | None = None
         try:
-            conn = t.conn or self._connect(t)
-            out = conn.fileno()
+            conn: socket.socket | TlsStream = t.conn or self._connect(t)
             pos = t.start
             # A short send timeout: a slow client's sendfile returns what it sent within
             # PROGRESS_WAIT_S, so t.bytes (TransferProgress) moves about once a second; a
             # stall is data_timeout seconds without a single byte.
             limit = float(self.config.data_timeout)
-            dataconn.set_timeout(conn, min(limit, PROGRESS_WAIT_S))
+            dataconn.set_timeout(conn.sock if isinstance(conn, TlsStream) else conn,
+                                 min(limit, PROGRESS_WAIT_S))
             if t.ascii:
                 self._send_ascii(t, conn, limit)
                 conn.shutdown(socket.SHUT_WR)
                 return self._done(t, None, os.fstat(t.fd), None)
+            if isinstance(conn, TlsStream):
+                self._send_tls(t, conn, limit)
+                conn.shutdown(socket.SHUT_WR)
+                return self._done(t, None, os.fstat(t.fd), None)
+            out = conn.fileno()
             last_progress = time.monotonic()
             while True:
                 try:
@@ -440,7 +476,26 @@ class DataMover:
         st = os.fstat(t.fd)
         return self._done(t, error, st, None)
 
-    def _send_ascii(self, t: Transfer, conn: socket.socket, limit: float) -> None:
+    def _send_tls(self, t: Transfer, conn: TlsStream, limit: float) -> None:
+        """PROT P, TYPE I: no sendfile through TLS here (common.tlsdata: no kTLS), so read
+        TLS_CHUNK bytes at a time into one buffer and SSL_write them. The same stall rule as
+        sendfile. Raises OSError."""
+        buf = bytearray(TLS_CHUNK)
+        pos, last_progress = t.start, time.monotonic()
+        while n := os.preadv(t.fd, [buf], pos):
+            pos += n
+            view = memoryview(buf)[:n]
+            while view:
+                try:
+                    sent = conn.send(view)  # SSL_write: whole TLS records, retried after a stall
+                except OSError as exc:
+                    _go_on_if_only_stalled(t, exc, last_progress, limit)
+                    continue
+                view = view[sent:]
+                t.bytes += sent
+                last_progress = time.monotonic()
+
+    def _send_ascii(self, t: Transfer, conn: socket.socket | TlsStream, limit: float) -> None:
         """TYPE A: read the file from t.start, convert LF -> CRLF, send it. The same stall
         rule as sendfile: data_timeout seconds without a byte accepted. Raises OSError."""
         pos, after_cr = t.start, False
@@ -478,6 +533,8 @@ class DataMover:
                         raise dataconn.DataTimeout(errno.ETIMEDOUT, "data connection stalled") from None
                     raise
                 if n == 0:
+                    if isinstance(conn, TlsStream):
+                        conn.answer_close()  # our close_notify answers the client's
                     break
                 chunk = view[:n]
                 if t.ascii:

@@ -108,14 +108,15 @@ class Cluster:
     """Broker, master and `slaves` slaves on free ports under `base` (see the module doc)."""
 
     def __init__(self, base: Path, slaves: int = 2, *, master_extra: dict | None = None,
-                 slave_extra: dict | None = None, log_level: str = "info", curve: bool = True) -> None:
+                 slave_extra: dict | None = None, log_level: str = "info", curve: bool = True,
+                 per_slave: dict | None = None) -> None:
         *bp, self.ftp_port = launcher.free_ports(5)  # four broker ports and the FTP port, distinct
         self.plan = ClusterPlan(
             data=base, ftp_host="127.0.0.1", ftp_port=self.ftp_port, slaves=slaves,
             ports=BrokerPorts.of(bp),
             users=(User(ADMIN_USER, password_hash(ADMIN_PASSWORD)),),
             log_level=log_level, master_extra=master_extra or {}, slave_extra=slave_extra or {},
-            curve=curve)
+            curve=curve, per_slave=per_slave or {})
         paths = launcher.write_configs(self.plan)
         self.roles = {name: RoleProcess(name, module, paths[name], self.plan.log_dir / f"{name}.log")
                       for name, module in self.plan.roles()}

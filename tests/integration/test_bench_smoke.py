@@ -45,7 +45,13 @@ def test_quick_benchmark_runs(tmp_path: Path) -> None:
     assert [r["n"] for r in relay] == [2]
     assert relay[0]["relayed_bytes"] == relay[0]["bytes"] > 0  # without PRET it carries them all
     assert results["relayed_bytes_single_small"] == 0
+    for server in ("cluster-prot-p", "pyftpdlib-prot-p"):  # FTPS: curl --ssl-reqd, PRET for the cluster
+        for op in ("RETR", "STOR"):
+            assert results["single"][server]["passive"][op] > 0
+    assert results["single"]["cluster-prot-p"]["passive"]["RETR_cpu_ms_per_gb"]["slave1"] > 0
+    assert results["relayed_bytes_single_tls"] == 0  # PROT P on the slave: the master carried nothing
     assert "vsftpd skipped" in " ".join(results["notes"])
     table = (out / "results.md").read_text()
+    assert "PROT P: TLS data connection" in table
     assert "| RETR" in table and "Aggregate bandwidth" in table and "CPU time per GB" in table
     assert "| measurement |" in proc.stdout

@@ -235,3 +235,54 @@ def test_key_files_that_cannot_be_used_are_one_line_naming_file_and_key(tmp_path
     with pytest.raises(ConfigError) as info:
         curve.server_keys(str(broker_public), "b.toml", "curve.secret_key")
     assert str(info.value).startswith("b.toml: key curve.secret_key: ")
+
+
+# ---------------------------------------------------------------- FTPS keys
+
+@pytest.fixture
+def pem(tmp_path):
+    """A self-signed certificate and key, and one more key that does not match it."""
+    from common.certs import ensure_self_signed
+    cert, key = ensure_self_signed(tmp_path / "tls", "master")
+    _, other_key = ensure_self_signed(tmp_path / "tls", "other")
+    return cert, key, other_key
+
+
+def test_tls_keys_load(tmp_path, pem):
+    cert, key, _ = pem
+    loaded = config.loads(f'[master]\ntls_certfile = "{cert}"\ntls_keyfile = "{key}"\n'
+                          'tls_control = "required"\ntls_data = "required"\n'
+                          + GOOD_USER + 'tls_data = "allowed"\n', MasterConfig)
+    assert loaded.master.tls_control == "required" and loaded.users[0].tls_data == "allowed"
+    slave = config.loads(f'[slave]\nname = "s1"\nroot = "/x"\ntls_certfile = "{cert}"\n'
+                         f'tls_keyfile = "{key}"\n', SlaveConfig)
+    assert slave.slave.tls_certfile == str(cert)
+
+
+@pytest.mark.parametrize(("text", "key", "what"), [
+    ('[master]\ntls_control = "required"\n', "master.tls_control", "needs master.tls_certfile"),
+    ('[master]\ntls_data = "required"\n', "master.tls_data", "needs master.tls_certfile"),
+    (GOOD_USER + 'tls_control = "required"\n', "users[0].tls_control", "needs master.tls_certfile"),
+    ('[master]\ntls_data = "sometimes"\n', "master.tls_data", "expected one of 'off', 'allowed', 'required'"),
+    ('[master]\ntls_certfile = "/nonexistent.pem"\n', "master.tls_certfile", "no such file"),
+    ('[master]\ntls_keyfile = "/k.pem"\n', "master.tls_keyfile", "set without master.tls_certfile"),
+])
+def test_bad_tls_keys_master(tmp_path, text, key, what):
+    message = error_for(tmp_path, text, MasterConfig)
+    assert f"key {key}:" in message and what in message, message
+
+
+def test_bad_tls_files(tmp_path, pem):
+    cert, key, other_key = pem
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    message = error_for(tmp_path, f'[slave]\nname = "s1"\nroot = "/x"\ntls_certfile = "{garbage}"\n',
+                        SlaveConfig)
+    assert "key slave.tls_certfile: not a PEM certificate" in message, message
+    message = error_for(tmp_path, f'[master]\ntls_certfile = "{cert}"\ntls_keyfile = "{other_key}"\n',
+                        MasterConfig)
+    assert "key master.tls_keyfile: not the PEM private key of the certificate" in message, message
+    message = error_for(tmp_path, f'[master]\ntls_certfile = "{cert}"\ntls_keyfile = "{key}"\n'
+                        'tls_control = "off"\n'
+                        + GOOD_USER + 'tls_control = "required"\n', MasterConfig)
+    assert "key users[0].tls_control:" in message and "AUTH TLS" in message, message

@@ -182,3 +182,14 @@ def test_unsupported_disk_features(authorizer: ClusterAuthorizer) -> None:
         authorizer.add_anonymous("/")
     with pytest.raises(NotImplementedError):
         authorizer.override_perm("alice", "/pub/alice/x", "elr")
+
+
+def test_tls_overrides_per_user_and_on_reload(hashed: str) -> None:
+    auth = ClusterAuthorizer([UserEntry(name="strict", password_hash=hashed, tls_control="required"),
+                              UserEntry(name="plain", password_hash=hashed, tls_data="off")])
+    assert auth.tls_override("strict") == ("required", None)
+    assert auth.tls_override("plain") == (None, "off")
+    assert auth.tls_override("nobody") == (None, None)  # the master's policy: names are not revealed
+    auth.replace_users([UserEntry(name="strict", password_hash=hashed, tls_data="required")])
+    assert auth.tls_override("strict") == (None, "required")
+    assert auth.tls_override("plain") == (None, None)
